@@ -1,0 +1,253 @@
+"""The run configuration: one dataclass, and the command line generated from it.
+
+Every field of `Config` is a flag (`batch_size` -> `--batch-size`, also `--batch_size`); the help text,
+short aliases and choices live in the field's metadata. Values come, in rising priority, from the
+defaults, a `--config FILE` (JSON or YAML, keys are flag names) and the command line.
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Optional
+
+ARCHS = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet1202")
+TRAINABLE = ("all", "bn", "bn+fc", "fc", "none")
+OPTIMIZERS = ("sgd", "lbfgs")
+DEFAULT_LR = {"sgd": 0.1, "lbfgs": 1.0}  # used when --lr is not given
+
+
+class ConfigError(ValueError):
+    """A bad setting; its message is one line that names the problem and the fix."""
+
+
+def str2bool(text: str) -> bool:
+    """Parse true/false/1/0/yes/no (any case); anything else is an error."""
+    value = str(text).strip().lower()
+    if value in ("true", "1", "yes", "y", "on"):
+        return True
+    if value in ("false", "0", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false/1/0/yes/no), got {text!r}")
+
+
+def int_list(text) -> list:
+    """Parse '80,120' (or a list from a config file) into a list of ints."""
+    if isinstance(text, (list, tuple)):
+        return [int(v) for v in text]
+    try:
+        return [int(v) for v in str(text).replace(" ", "").split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _flag(help, *aliases, **kwargs):
+    return {"help": help, "aliases": aliases, **kwargs}
+
+
+@dataclass
+class Config:
+    # model
+    arch: str = field(default="resnet32", metadata=_flag("CIFAR ResNet depth (6n+2 layers)", "-a", choices=ARCHS))
+    width: int = field(default=1, metadata=_flag("channel multiplier: stages have 16K/32K/64K channels"))
+    trainable: str = field(default="all", metadata=_flag(
+        "parameters to train: all | bn (BatchNorm gamma/beta only) | bn+fc | fc (final linear) | "
+        "none (forward passes only: BN running statistics still update)", "-t", choices=TRAINABLE))
+    bn_init: str = field(default="uniform", metadata=_flag(
+        "BatchNorm init: uniform (gamma ~ U[0,1), beta = 0) or ones", choices=("uniform", "ones")))
+    # optimisation
+    optimizer: str = field(default="sgd", metadata=_flag("optimizer", choices=OPTIMIZERS))
+    use_lbfgs: Optional[bool] = field(default=None, metadata=_flag(
+        "true/false: shorthand for --optimizer lbfgs / sgd", type=str2bool, metavar="BOOL"))
+    epochs: int = field(default=160, metadata=_flag("number of epochs"))
+    batch_size: int = field(default=128, metadata=_flag("SGD mini-batch size (images)", "-b"))
+    lr: Optional[float] = field(default=None, metadata=_flag(
+        "learning rate; for L-BFGS the initial step (default 0.1 for SGD, 1.0 for L-BFGS)"))
+    momentum: float = field(default=0.9, metadata=_flag("SGD momentum"))
+    weight_decay: float = field(default=1e-4, metadata=_flag(
+        "L2 weight decay, applied to every trainable parameter, BatchNorm gamma/beta included", "--wd"))
+    schedule: str = field(default="multistep", metadata=_flag(
+        "learning-rate schedule, stepped per epoch: multistep (x0.1 at the milestones), cosine, constant",
+        choices=("multistep", "cosine", "constant")))
+    milestones: Optional[list] = field(default=None, metadata=_flag(
+        "multistep epochs, e.g. 80,120 (default: 50%% and 75%% of --epochs)", type=int_list, metavar="E1,E2"))
+    lbfgs_history: int = field(default=10, metadata=_flag("L-BFGS memory (number of curvature pairs)"))
+    lbfgs_max_iter: int = field(default=5, metadata=_flag("L-BFGS iterations per optimizer step (per batch)"))
+    lbfgs_batch_size: int = field(default=1024, metadata=_flag("images in the fixed batch of one L-BFGS step"))
+    seed: int = field(default=0, metadata=_flag("random seed: same seed and flags give the same run on the CPU"))
+    # data
+    dataset: str = field(default="cifar10", metadata=_flag(
+        "cifar10 | cifar100 | imagefolder (DATA_DIR/train/<class>/*, optional test/ or val/) | synthetic",
+        choices=("cifar10", "cifar100", "imagefolder", "synthetic")))
+    data_dir: str = field(default="./data", metadata=_flag("dataset folder"))
+    download: bool = field(default=True, metadata=_flag(
+        "download CIFAR with torchvision if missing (--no-download: never)", action=argparse.BooleanOptionalAction))
+    train_size: Optional[int] = field(default=None, metadata=_flag(
+        "use the first N training images of a fixed seeded permutation"))
+    test_size: Optional[int] = field(default=None, metadata=_flag(
+        "use the first N test images of a fixed seeded permutation"))
+    val_split: int = field(default=0, metadata=_flag(
+        "hold out N training images (stratified, fixed seed) as a validation set"))
+    image_size: int = field(default=32, metadata=_flag("imagefolder: images are resized to this square size"))
+    cache_dir: str = field(default=os.path.join("~", ".cache", "bn-only"), metadata=_flag(
+        "imagefolder: where decoded images are cached"))
+    workers: int = field(default=min(4, os.cpu_count() or 1), metadata=_flag(
+        "processes decoding imagefolder images", "-j"))
+    device: str = field(default="auto", metadata=_flag("auto | cpu | cuda | cuda:N | mps (auto: cuda, mps, cpu)"))
+    # run folder
+    save_dir: Optional[str] = field(default=None, metadata=_flag(
+        "run folder (default runs/<arch>_<optimizer>_<trainable>_<timestamp>)"))
+    resume: Optional[str] = field(default=None, metadata=_flag(
+        "continue a run: its folder or a checkpoint file", metavar="PATH"))
+    evaluate: bool = field(default=False, metadata=_flag(
+        "with --resume: print the checkpoint's test loss and accuracy, then exit", "-e", action="store_true"))
+    save_every: int = field(default=1, metadata=_flag("write checkpoint.pt every N epochs (and at the end)"))
+    print_freq: int = field(default=0, metadata=_flag(
+        "also print the running train loss every N batches (0: only one line per epoch)"))
+    no_progress: bool = field(default=False, metadata=_flag("no tqdm progress bar", action="store_true"))
+    overwrite: bool = field(default=False, metadata=_flag(
+        "replace the files of an existing run in --save-dir", action="store_true"))
+    config: Optional[str] = field(default=None, metadata=_flag(
+        "JSON or YAML file of settings (keys are flag names); command-line flags override it", metavar="FILE"))
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+SETTINGS_THAT_DEFINE_A_RUN = ("arch", "width", "trainable", "dataset", "optimizer")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
+    """The command line for `Config`; only flags that were given appear in the parsed namespace."""
+    parser = OneLineParser(prog=prog, argument_default=argparse.SUPPRESS,
+                           description="Train a CIFAR ResNet, optionally only its BatchNorm parameters.")
+    for f in dataclasses.fields(Config):
+        meta = dict(f.metadata)
+        long = "--" + f.name.replace("_", "-")
+        names = list(meta.pop("aliases")) + [long] + ([f"--{f.name}"] if "_" in f.name else [])
+        kwargs = {"help": meta.pop("help") + (f" (default: {f.default})" if f.default is not None else "")}
+        kwargs.update(meta)
+        if "action" not in kwargs and "type" not in kwargs:
+            kwargs["type"] = {"int": int, "float": float}.get(_base_type(f), str)
+        parser.add_argument(*names, dest=f.name, **kwargs)
+    return parser
+
+
+def _base_type(f) -> str:
+    text = str(f.type)
+    return "float" if "float" in text else "int" if "int" in text else "str"
+
+
+def read_config_file(path: str) -> dict:
+    """Read a JSON or YAML settings file into {field name: value}."""
+    try:
+        with open(os.path.expanduser(path)) as fh:
+            text = fh.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read --config {path}: {e.strerror}") from None
+    try:
+        if path.endswith((".yaml", ".yml")):
+            import yaml
+            values = yaml.safe_load(text)
+        else:
+            values = json.loads(text)
+    except Exception as e:
+        raise ConfigError(f"--config {path} is not valid JSON/YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"--config {path} must hold a mapping of flag names to values")
+    return {str(k).lstrip("-").replace("-", "_"): v for k, v in values.items()}
+
+
+def _coerce(name: str, value):
+    """Check and convert one value from a config file, as the command line would."""
+    f = FIELDS.get(name)
+    if f is None:
+        raise ConfigError(f"unknown setting {name!r} in --config file; see train.py --help for the names")
+    meta = f.metadata
+    if value is None:
+        return None
+    try:
+        if "type" in meta:
+            value = meta["type"](value)
+        elif meta.get("action") in ("store_true", argparse.BooleanOptionalAction):
+            value = str2bool(value)
+        else:
+            value = {"int": int, "float": float}.get(_base_type(f), str)(value)
+    except (ValueError, TypeError, argparse.ArgumentTypeError) as e:
+        raise ConfigError(f"bad value for {name} in --config file: {e}") from None
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"bad value {value!r} for {name} in --config file; choose from {', '.join(meta['choices'])}")
+    return value
+
+
+def parse_args(argv=None) -> tuple:
+    """Parse the command line (and --config file) into (Config, set of names given explicitly)."""
+    given = vars(build_parser().parse_args(argv))
+    values = {}
+    if given.get("config"):
+        values = {k: _coerce(k, v) for k, v in read_config_file(given["config"]).items()}
+    values.update(given)
+    cfg = resolve(Config(**values), set(values))
+    return cfg, set(values)
+
+
+def resolve(cfg: Config, given: set) -> Config:
+    """Fill the settings that depend on others, then validate; raises ConfigError."""
+    if cfg.use_lbfgs is not None:
+        wanted = "lbfgs" if cfg.use_lbfgs else "sgd"
+        if "optimizer" in given and cfg.optimizer != wanted:
+            raise ConfigError(f"--use-lbfgs {cfg.use_lbfgs} contradicts --optimizer {cfg.optimizer}; give one of them")
+        cfg.optimizer = wanted
+    cfg.use_lbfgs = cfg.optimizer == "lbfgs"
+    if cfg.lr is None:
+        cfg.lr = DEFAULT_LR[cfg.optimizer]
+    if cfg.milestones is None and cfg.schedule == "multistep":
+        cfg.milestones = sorted({m for m in (int(cfg.epochs * 0.5), int(cfg.epochs * 0.75)) if m >= 1})
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Raise ConfigError naming the first bad value."""
+    def require(ok, message):
+        if not ok:
+            raise ConfigError(message)
+
+    for name in ("epochs", "batch_size", "width", "lbfgs_history", "lbfgs_max_iter", "lbfgs_batch_size",
+                 "save_every", "image_size", "workers"):
+        require(getattr(cfg, name) >= 1, f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    for name in ("train_size", "test_size"):
+        value = getattr(cfg, name)
+        require(value is None or value >= 1, f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    require(cfg.val_split >= 0, f"--val-split must be 0 or more, got {cfg.val_split}")
+    require(cfg.print_freq >= 0, f"--print-freq must be 0 or more, got {cfg.print_freq}")
+    require(math.isfinite(cfg.lr) and cfg.lr > 0, f"--lr must be a finite number above 0, got {cfg.lr}")
+    for name in ("momentum", "weight_decay"):
+        value = getattr(cfg, name)
+        require(math.isfinite(value) and value >= 0, f"--{name.replace('_', '-')} must be finite and >= 0, got {value}")
+    if cfg.schedule == "multistep":
+        require(all(m >= 1 for m in cfg.milestones) and cfg.milestones == sorted(cfg.milestones),
+                f"--milestones must be increasing epochs >= 1, got {cfg.milestones}")
+    require(cfg.evaluate is False or cfg.resume, "--evaluate needs --resume PATH (the checkpoint to evaluate)")
+    device = cfg.device
+    require(device in ("auto", "cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit()),
+            f"--device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
+
+
+def to_dict(cfg: Config) -> dict:
+    """Plain-data copy of the settings (for config.json and checkpoints)."""
+    return dataclasses.asdict(cfg)
+
+
+def fail(message: str, prog: str = "train.py", status: int = 2):
+    """Print one line on stderr and exit; the way every expected error leaves the program."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    sys.exit(status)

@@ -1,0 +1,287 @@
+"""Datasets as in-memory uint8 tensors, splits, normalisation and batched augmentation.
+
+Every split is a pair (images (N, 3, H, W) uint8, labels (N,) int64). Augmentation works on whole
+batches with torch ops and draws its randomness from an explicit torch.Generator, so a run is
+reproducible and can be resumed from the generator's saved state.
+"""
+
+import hashlib
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from config import ConfigError
+
+SUBSET_SEED = 0  # fixed: --train-size/--test-size/--val-split pick the same images whatever --seed is
+CACHE_VERSION = 2
+# Per-channel mean and std (0-1 pixel scale) of the CIFAR training sets.
+CIFAR_STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+
+class DataError(ConfigError):
+    """Missing or corrupt data; the message names the problem and the fix."""
+
+
+@dataclass
+class Dataset:
+    splits: dict  # name ("train", "val", "test") -> (images uint8 (N,3,H,W), labels int64 (N,))
+    num_classes: int
+    mean: tuple  # per channel, 0-1 pixel scale
+    std: tuple
+    classes: list = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- loading
+
+def load_dataset(cfg) -> Dataset:
+    """Load cfg.dataset, apply --val-split, --train-size and --test-size."""
+    if cfg.dataset in CIFAR_STATS:
+        splits, classes = load_cifar(cfg.dataset, cfg.data_dir, cfg.download)
+    elif cfg.dataset == "imagefolder":
+        splits, classes = load_imagefolder(cfg.data_dir, cfg.cache_dir, cfg.image_size, cfg.workers)
+    elif cfg.dataset == "synthetic":
+        splits = synthetic_splits((cfg.train_size or 1024) + cfg.val_split, cfg.test_size or 256)
+        classes = [f"class{c}" for c in range(10)]
+    else:
+        raise ValueError(f"unknown dataset: {cfg.dataset}")
+    if cfg.val_split:
+        train_images, train_labels = splits["train"]
+        if cfg.val_split >= len(train_labels):
+            raise DataError(f"--val-split {cfg.val_split} leaves no training images (there are {len(train_labels)})")
+        train_index, val_index = stratified_split(train_labels, cfg.val_split, SUBSET_SEED)
+        splits["val"] = (train_images[val_index], train_labels[val_index])
+        splits["train"] = (train_images[train_index], train_labels[train_index])
+    for name, size in (("train", cfg.train_size), ("test", cfg.test_size)):
+        if size is not None and name in splits:
+            splits[name] = subset(*splits[name], size, name)
+    if cfg.dataset in CIFAR_STATS:
+        mean, std = CIFAR_STATS[cfg.dataset]
+    else:
+        mean, std = channel_stats(splits["train"][0])
+    return Dataset(splits, len(classes), mean, std, classes)
+
+
+def load_cifar(name: str, data_dir: str, download: bool):
+    """CIFAR-10/100 through torchvision (its own download and integrity check)."""
+    import torchvision
+    dataset_class = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    root = os.path.expanduser(data_dir)
+    existed = os.path.exists(root)
+    splits = {}
+    try:
+        for split in ("train", "test"):
+            ds = dataset_class(root, train=split == "train", download=download)
+            images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # (N,32,32,3) -> (N,3,32,32)
+            splits[split] = (images, torch.tensor(ds.targets, dtype=torch.int64))
+    except Exception as e:
+        if not existed and os.path.isdir(root) and not os.listdir(root):
+            os.rmdir(root)  # leave nothing behind from a failed download
+        how = "the download failed" if download else "no local copy (--no-download)"
+        raise DataError(f"{name} not found in {data_dir} and {how} ({type(e).__name__}); point --data-dir at a "
+                        f"folder holding a copy, or use --dataset imagefolder or --dataset synthetic") from None
+    return splits, list(ds.classes)
+
+
+def synthetic_splits(train_n: int, test_n: int, num_classes: int = 10):
+    """Deterministic 32x32 images whose class shows in colour and stripe direction, with noise."""
+    g = torch.Generator().manual_seed(1234)
+    colours = torch.rand(num_classes, 3, 1, 1, generator=g)  # (C, 3, 1, 1) in [0, 1)
+    angles = torch.rand(num_classes, generator=g) * torch.pi
+    ys, xs = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+
+    def make(n):
+        labels = torch.randint(num_classes, (n,), generator=g)
+        direction = torch.cos(angles[labels])[:, None, None] * xs + torch.sin(angles[labels])[:, None, None] * ys
+        stripes = torch.sin(direction * 0.8)[:, None]  # (n, 1, 32, 32)
+        pixels = 0.25 + 0.5 * colours[labels] + 0.15 * stripes + 0.15 * torch.randn(n, 3, 32, 32, generator=g)
+        return (pixels.clamp(0, 1) * 255).round().to(torch.uint8), labels
+
+    return {"train": make(train_n), "test": make(test_n)}
+
+
+# ---------------------------------------------------------------- imagefolder with a decoded cache
+
+def load_imagefolder(data_dir: str, cache_dir: str, image_size: int, workers: int):
+    """DATA_DIR/train/<class>/* (+ test/ or val/), decoded once into a uint8 cache keyed by the files."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+    root = os.path.expanduser(data_dir)
+    train_dir = os.path.join(root, "train")
+    if not os.path.isdir(train_dir):
+        raise DataError(f"no folder {train_dir}; --dataset imagefolder needs DATA_DIR/train/<class>/<images>")
+    try:
+        classes, class_to_idx = find_classes(train_dir)
+        files = {"train": make_dataset(train_dir, class_to_idx, IMG_EXTENSIONS)}
+        for name in ("test", "val"):
+            if os.path.isdir(os.path.join(root, name)):
+                files["test"] = make_dataset(os.path.join(root, name), class_to_idx, IMG_EXTENSIONS)
+                break
+    except (FileNotFoundError, OSError) as e:
+        raise DataError(f"{str(e).splitlines()[0]}; put images in DATA_DIR/train/<class>/ ({data_dir})") from None
+    key = cache_key(files, image_size)
+    cache_path = os.path.join(os.path.expanduser(cache_dir), f"imagefolder-{key}.npz")
+    splits = read_cache(cache_path)
+    if splits is None:
+        splits = {name: decode_files(samples, image_size, workers) for name, samples in files.items()}
+        write_cache(cache_path, splits)
+    return splits, classes
+
+
+def cache_key(files: dict, image_size: int) -> str:
+    """Hash of every file's path, size and modification time: a changed folder gets a new key."""
+    digest = hashlib.sha256(f"v{CACHE_VERSION} size{image_size}".encode())
+    for name, samples in sorted(files.items()):
+        for path, label in samples:
+            stat = os.stat(path)
+            digest.update(f"{name}\0{os.path.abspath(path)}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:24]
+
+
+def read_cache(path: str):
+    """The cached splits, or None when there is no usable cache (read without pickle)."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            names = [k[len("images_"):] for k in arrays.files if k.startswith("images_")]
+            return {n: (torch.from_numpy(arrays[f"images_{n}"]), torch.from_numpy(arrays[f"labels_{n}"]))
+                    for n in names}
+    except Exception:
+        return None  # a damaged cache is rebuilt, not trusted
+
+
+def write_cache(path: str, splits: dict) -> None:
+    """Write atomically; a cache that cannot be written only costs the next run a re-decode."""
+    arrays = {}
+    for name, (images, labels) in splits.items():
+        arrays[f"images_{name}"] = images.numpy()
+        arrays[f"labels_{name}"] = labels.numpy()
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    except OSError:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def decode_files(samples: list, image_size: int, workers: int):
+    """Decode [(path, label)] in `workers` processes into ((N,3,S,S) uint8, (N,) int64)."""
+    paths = [p for p, _ in samples]
+    labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
+    chunks = [paths[i:i + 512] for i in range(0, len(paths), 512)]
+    try:
+        if workers > 1 and len(chunks) > 1:
+            with ProcessPoolExecutor(workers) as pool:
+                parts = list(pool.map(_decode_chunk, chunks, [image_size] * len(chunks)))
+        else:
+            parts = [_decode_chunk(chunk, image_size) for chunk in chunks]
+    except ValueError as e:
+        raise DataError(str(e)) from None
+    return torch.from_numpy(np.concatenate(parts)), labels
+
+
+def _decode_chunk(paths: list, image_size: int) -> np.ndarray:
+    out = np.empty((len(paths), 3, image_size, image_size), dtype=np.uint8)
+    for i, path in enumerate(paths):
+        out[i] = decode_image(path, image_size)
+    return out
+
+
+def decode_image(path: str, image_size: int) -> np.ndarray:
+    """One image file as (3, S, S) uint8 RGB; ValueError naming the file when it cannot be decoded."""
+    from PIL import Image
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            if image.size != (image_size, image_size):
+                image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+            return np.asarray(image).transpose(2, 0, 1)  # (H, W, 3) -> (3, H, W)
+    except Exception:
+        raise ValueError(f"cannot decode image {path}: corrupt or not an image; remove or replace it") from None
+
+
+# ---------------------------------------------------------------- subsets and statistics
+
+def subset(images, labels, size: int, name: str):
+    """The first `size` items of a fixed seeded permutation."""
+    if size > len(labels):
+        raise DataError(f"--{name}-size {size} is larger than the {len(labels)} {name} images available")
+    index = torch.randperm(len(labels), generator=torch.Generator().manual_seed(SUBSET_SEED))[:size]
+    return images[index], labels[index]
+
+
+def stratified_split(labels: torch.Tensor, n_val: int, seed: int):
+    """(train_index, val_index): n_val items held out, each class in proportion to its share."""
+    classes, counts = torch.unique(labels, return_counts=True)
+    exact = counts.double() * n_val / len(labels)
+    quota = exact.floor().long()
+    leftover = n_val - int(quota.sum())
+    quota[torch.argsort(exact - quota, descending=True, stable=True)[:leftover]] += 1  # largest remainders
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    shuffled = labels[order]
+    val_parts = [order[shuffled == c][:int(q)] for c, q in zip(classes, quota)]
+    val_index = torch.cat(val_parts).sort().values
+    is_val = torch.zeros(len(labels), dtype=torch.bool)
+    is_val[val_index] = True
+    return torch.nonzero(~is_val).flatten(), val_index
+
+
+def channel_stats(images: torch.Tensor):
+    """Per-channel mean and std of (N, 3, H, W) uint8 images, on the 0-1 scale."""
+    total = torch.zeros(3, dtype=torch.float64)
+    squares = torch.zeros(3, dtype=torch.float64)
+    for start in range(0, len(images), 4096):
+        chunk = images[start:start + 4096].double() / 255
+        total += chunk.sum(dim=(0, 2, 3))
+        squares += (chunk * chunk).sum(dim=(0, 2, 3))
+    count = images.numel() / 3
+    mean = total / count
+    std = (squares / count - mean * mean).clamp_min(1e-12).sqrt()
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+# ---------------------------------------------------------------- batches and augmentation
+
+def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """Per-image random crop of (B, C, H, W) images after zero-padding each side by `padding`."""
+    b, c, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (padding,) * 4)
+    dy = torch.randint(2 * padding + 1, (b,), generator=generator, device=images.device)
+    dx = torch.randint(2 * padding + 1, (b,), generator=generator, device=images.device)
+    rows = (dy[:, None] + torch.arange(h, device=images.device))[:, None, :, None]  # (B, 1, H, 1)
+    cols = (dx[:, None] + torch.arange(w, device=images.device))[:, None, None, :]  # (B, 1, 1, W)
+    batch = torch.arange(b, device=images.device)[:, None, None, None]
+    channel = torch.arange(c, device=images.device)[None, :, None, None]
+    return padded[batch, channel, rows, cols]
+
+
+def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Mirror each image of (B, C, H, W) left-right with probability 1/2."""
+    flip = torch.rand(images.shape[0], generator=generator, device=images.device) < 0.5
+    return torch.where(flip[:, None, None, None], images.flip(3), images)
+
+
+def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The standard CIFAR augmentation: 4-pixel padded random crop and horizontal flip."""
+    return random_flip(random_crop(images, 4, generator), generator)
+
+
+def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float, per-channel standardised; mean/std are (3, 1, 1) on the 0-1 scale."""
+    return (images.float() / 255 - mean) / std
+
+
+def batch_indices(n: int, batch_size: int, generator: torch.Generator, shuffle: bool = True) -> list:
+    """Index tensors of the batches of one epoch: a seeded permutation cut into batch_size pieces."""
+    device = generator.device
+    order = torch.randperm(n, generator=generator, device=device) if shuffle else torch.arange(n, device=device)
+    return list(order.split(batch_size))

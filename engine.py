@@ -1,0 +1,131 @@
+"""One epoch of training (SGD or L-BFGS), evaluation, and the optimizer and schedule factories."""
+
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from data import augment, batch_indices, normalize
+from resnet import is_batchnorm
+
+
+def build_optimizer(cfg, params: list):
+    """torch.optim optimizer over the trainable parameters; None when nothing trains."""
+    if not params:
+        return None
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "lbfgs":  # weight decay enters the loss in lbfgs_step: LBFGS has no such option
+        return torch.optim.LBFGS(params, lr=cfg.lr, max_iter=cfg.lbfgs_max_iter, history_size=cfg.lbfgs_history,
+                                 line_search_fn="strong_wolfe")
+    raise ValueError(f"unknown optimizer: {cfg.optimizer}")
+
+
+def build_scheduler(cfg, optimizer):
+    """Per-epoch learning-rate schedule; None when there is no optimizer."""
+    if optimizer is None:
+        return None
+    if cfg.schedule == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.milestones, gamma=0.1)
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    if cfg.schedule == "constant":
+        return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    raise ValueError(f"unknown schedule: {cfg.schedule}")
+
+
+def bn_buffers(model) -> list:
+    """Copies of every BatchNorm running statistic (mean, var, num_batches_tracked)."""
+    return [b.clone() for m in model.modules() if is_batchnorm(m) for b in m.buffers()]
+
+
+def restore_bn_buffers(model, saved: list) -> None:
+    buffers = [b for m in model.modules() if is_batchnorm(m) for b in m.buffers()]
+    for buffer, value in zip(buffers, saved):
+        buffer.copy_(value)
+
+
+def l2_penalty(params: list, weight_decay: float):
+    """0.5 * wd * |theta|^2: its gradient is SGD's coupled weight decay, wd * theta."""
+    return 0.5 * weight_decay * sum((p * p).sum() for p in params)
+
+
+def lbfgs_step(model, optimizer, images, labels, weight_decay: float) -> dict:
+    """One L-BFGS step on a fixed batch; BN running statistics move once, from the first forward pass."""
+    params = optimizer.param_groups[0]["params"]
+    first = {}
+    passes = 0
+
+    def closure():
+        nonlocal passes
+        optimizer.zero_grad(set_to_none=True)
+        logits = model(images)
+        loss = F.cross_entropy(logits, labels) + l2_penalty(params, weight_decay)
+        loss.backward()
+        passes += 1
+        if not first:  # the line search calls again; those calls must not move the running statistics
+            first.update(loss=loss.detach(), correct=(logits.argmax(1) == labels).sum(), bn=bn_buffers(model))
+        return loss
+
+    optimizer.step(closure)
+    restore_bn_buffers(model, first["bn"])
+    return {"loss": first["loss"], "correct": first["correct"], "passes": passes}
+
+
+def sgd_step(model, optimizer, images, labels) -> dict:
+    """One forward/backward/step; with no optimizer only the forward pass (BN statistics still move)."""
+    with torch.set_grad_enabled(optimizer is not None):
+        logits = model(images)
+        loss = F.cross_entropy(logits, labels)
+    if optimizer is not None:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return {"loss": loss.detach(), "correct": (logits.argmax(1) == labels).sum(), "passes": 1}
+
+
+def train_one_epoch(model, optimizer, cfg, train_split, stats, generator, epoch: int) -> dict:
+    """Train on every image once, in a seeded order with batched augmentation; returns the epoch's means."""
+    images, labels = train_split  # (N, 3, H, W) uint8 and (N,) int64, on the training device
+    mean, std = stats
+    lbfgs = cfg.optimizer == "lbfgs" and optimizer is not None
+    batch_size = cfg.lbfgs_batch_size if lbfgs else cfg.batch_size
+    model.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=labels.device)
+    correct = torch.zeros((), dtype=torch.int64, device=labels.device)
+    passes = 0
+    start = time.perf_counter()
+    bar = tqdm(total=len(labels), unit="img", unit_scale=True, leave=False, desc=f"epoch {epoch}",
+               disable=cfg.no_progress, dynamic_ncols=True)
+    for step, index in enumerate(batch_indices(len(labels), batch_size, generator)):
+        x = normalize(augment(images[index], generator), mean, std)
+        y = labels[index]
+        result = lbfgs_step(model, optimizer, x, y, cfg.weight_decay) if lbfgs else sgd_step(model, optimizer, x, y)
+        loss_sum += result["loss"].double() * len(y)
+        correct += result["correct"]
+        passes += result["passes"]
+        bar.update(len(y))
+        if cfg.print_freq and (step + 1) % cfg.print_freq == 0:
+            bar.write(f"  epoch {epoch} batch {step + 1}: loss {result['loss'].item():.4f}")
+    bar.close()
+    seconds = time.perf_counter() - start
+    n = len(labels)
+    return {"loss": loss_sum.item() / n, "acc": 100.0 * correct.item() / n, "passes": passes,
+            "images_per_second": n / seconds}
+
+
+@torch.no_grad()
+def evaluate(model, split, stats, batch_size: int = 1024) -> dict:
+    """Mean cross-entropy and accuracy (%) over a whole split, in eval mode."""
+    images, labels = split
+    mean, std = stats
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=labels.device)
+    correct = torch.zeros((), dtype=torch.int64, device=labels.device)
+    for start in range(0, len(labels), batch_size):
+        logits = model(normalize(images[start:start + batch_size], mean, std))
+        y = labels[start:start + batch_size]
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+        correct += (logits.argmax(1) == y).sum()
+    return {"loss": loss_sum.item() / len(labels), "acc": 100.0 * correct.item() / len(labels)}

@@ -1,0 +1,385 @@
+"""Draw loss and accuracy curves from run folders written by the trainer.
+
+    python plots.py RUN_DIR [RUN_DIR ...] [--out DIR]
+
+A run folder holds `history.csv` (one row per epoch: `epoch, lr, train_loss, train_acc,
+[val_loss, val_acc], [test_loss, test_acc], ...`, accuracy in percent) and usually
+`config.json` (a flat dict of the settings). This file reads only those files and never
+imports the trainer, so plots can be redrawn at any time without retraining.
+
+Files written into --out (default `tmp/`):
+  * per run: `<arch>_<OPTIMIZER>_<trainable>_loss.png` and `..._acc.png`, with the train,
+    val and test curves (`_<folder name>` is appended when two runs would share a name);
+  * with several runs: `train_loss.png`, `train_acc.png`, `val_*.png`, `test_*.png`, one
+    line per run, labelled by the settings in which the runs differ;
+  * with several runs that differ in exactly one setting: `<A>_vs_<B>_loss.png` and
+    `<A>_vs_<B>_acc.png`, train (dashed) and val-or-test (solid) curve per run.
+
+Reading (`read_run`) and planning (`plan_plots`, which returns plain dicts) are pure;
+only `draw_plot` touches matplotlib, so every decision can be tested without pictures.
+"""
+
+import argparse
+import csv
+import json
+import math
+import os
+import re
+
+import matplotlib
+
+matplotlib.use("Agg")  # no screen: write files only
+import matplotlib.pyplot as plt  # noqa: E402  (must follow the backend choice)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+# Settings that say where or how a run was executed, not what was trained.
+BOOKKEEPING_KEYS = frozenset({
+    "save_dir", "resume", "evaluate", "save_every", "print_freq", "no_progress", "overwrite",
+    "workers", "cache_dir", "data_dir", "download", "config", "versions", "device",
+    "world_size", "use_lbfgs", "resolved_device", "global_batch_size",
+})
+# Settings whose value follows another's default: runs with different optimizers have different
+# default learning rates, and are still a comparison of optimizers.
+# The same holds for the L-BFGS-only settings when only one of the runs uses L-BFGS.
+FOLLOWS = {"optimizer": ("lr", "lbfgs_history", "lbfgs_max_iter", "lbfgs_batch_size")}
+REQUIRED_COLUMNS = ("epoch", "train_loss", "train_acc")
+# Numeric columns this script knows; any other column (e.g. `phase`) is ignored unread.
+KNOWN_COLUMNS = REQUIRED_COLUMNS + (
+    "lr", "val_loss", "val_acc", "test_loss", "test_acc",
+    "epoch_seconds", "images_per_second", "passes",
+)
+SPLITS = ("train", "val", "test")
+METRIC_LABELS = {"loss": "loss", "acc": "accuracy (%)"}
+METRIC_WORDS = {"loss": "loss", "acc": "accuracy"}
+FIGURE_SIZE = (7, 4.5)  # inches
+FIGURE_DPI = 110
+
+
+class RunError(Exception):
+    """A run folder that cannot be read; the message reads '<what> in <path>; <how to fix>'."""
+
+
+# ---------------------------------------------------------------- reading
+
+def read_config(path):
+    """Return the settings dict in `path` (a config.json), or raise RunError."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except json.JSONDecodeError as e:
+        raise RunError(f"invalid JSON ({e.msg}, line {e.lineno}) in {path}; "
+                       "fix the file or delete it") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RunError(f"unreadable config ({e.__class__.__name__}) in {path}; "
+                       "fix its permissions or delete it") from None
+    if not isinstance(config, dict):
+        raise RunError(f"config is not a JSON object in {path}; "
+                       "it must hold a dict of settings")
+    return config
+
+
+def parse_cell(text, column, line, path):
+    """Return one history cell as a float; an empty cell is a gap (NaN)."""
+    text = text.strip()
+    if text == "":
+        return math.nan
+    try:
+        return float(text)  # also accepts 'nan' and 'inf' from diverged runs
+    except ValueError:
+        raise RunError(f"non-numeric value {text!r} in column {column}, line {line} "
+                       f"in {path}; fix or delete that row") from None
+
+
+def read_history(path):
+    """Return {column: [float per epoch]} for the known columns of `path` (a history.csv)."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # tolerate a BOM
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise RunError(f"unreadable CSV ({e.__class__.__name__}) in {path}; "
+                       "rewrite it with the trainer") from None
+    header = [name.strip() for name in rows[0]] if rows else []
+    missing = [name for name in REQUIRED_COLUMNS if name not in header]
+    if missing:
+        raise RunError(f"missing column(s) {', '.join(missing)} in {path}; "
+                       "the header must name at least " + ", ".join(REQUIRED_COLUMNS))
+    body = [row for row in rows[1:] if any(cell.strip() for cell in row)]
+    if not body:
+        raise RunError(f"no rows in {path}; train for at least one epoch first")
+    columns = [(name, header.index(name)) for name in KNOWN_COLUMNS if name in header]
+    history = {name: [] for name, _ in columns}
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            raise RunError(f"row with {len(row)} fields under a {len(header)}-column header, "
+                           f"line {line} in {path}; fix or delete that row")
+        for name, index in columns:
+            history[name].append(parse_cell(row[index], name, line, path))
+    if any(math.isnan(epoch) for epoch in history["epoch"]):
+        raise RunError(f"empty epoch cell in {path}; every row needs its epoch number")
+    return history
+
+
+def folder_name(path):
+    """Return the last component of a folder path ('runs/a/' -> 'a', '.' -> cwd's name)."""
+    return os.path.basename(os.path.abspath(path))
+
+
+def read_run(path):
+    """Return {'name', 'path', 'config', 'history'} for one run folder, or raise RunError.
+
+    `config` is None when the folder has no config.json; `history` maps each known
+    column of history.csv to one float per epoch.
+    """
+    if not os.path.isdir(path):
+        raise RunError(f"no such folder {path}; check the path")
+    history_path = os.path.join(path, "history.csv")
+    if not os.path.isfile(history_path):
+        raise RunError(f"no history.csv in {path}; pass a folder written by the trainer")
+    config_path = os.path.join(path, "config.json")
+    config = read_config(config_path) if os.path.exists(config_path) else None
+    return {"name": folder_name(path), "path": path, "config": config,
+            "history": read_history(history_path)}
+
+
+# ---------------------------------------------------------------- naming
+
+def settings(config):
+    """Return the settings of a config that describe the experiment (no bookkeeping)."""
+    return {key: value for key, value in config.items()
+            if key not in BOOKKEEPING_KEYS and not key.startswith("checkpoint")}
+
+
+def canonical(value):
+    """Return a hashable text form of a JSON value, so lists and dicts compare too."""
+    return json.dumps(value, sort_keys=True)
+
+
+def differing_settings(configs):
+    """Return the setting names whose values are not all equal, in first-seen order."""
+    all_settings = [settings(config) for config in configs]
+    keys = list(dict.fromkeys(key for each in all_settings for key in each))
+    return [key for key in keys
+            if len({canonical(each.get(key)) for each in all_settings}) > 1]
+
+
+def display_value(key, value):
+    """Return a setting's value as shown to a reader (optimizers upper-cased: 'SGD')."""
+    if key == "optimizer" and isinstance(value, str):
+        return value.upper()
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(item) for item in value)
+    return str(value)
+
+
+def file_token(text):
+    """Return `text` with every character outside [A-Za-z0-9.+-] replaced by '_'."""
+    return re.sub(r"[^A-Za-z0-9.+\-]", "_", text)
+
+
+def run_prefix(run):
+    """Return '<arch>_<OPTIMIZER>_<trainable>' from the config, else the folder name."""
+    config = run["config"] or {}
+    parts = [config.get("arch"), config.get("optimizer"), config.get("trainable")]
+    if any(part is None for part in parts):
+        return file_token(run["name"])
+    parts[1] = display_value("optimizer", parts[1])
+    return "_".join(file_token(str(part)) for part in parts)
+
+
+def unique_prefixes(runs):
+    """Return one file-name prefix per run, adding '_<folder>' (then '_<n>') on clashes."""
+    prefixes = [run_prefix(run) for run in runs]
+    prefixes = [f"{prefix}_{file_token(run['name'])}" if prefixes.count(prefix) > 1 else prefix
+                for prefix, run in zip(prefixes, runs)]
+    return [f"{prefix}_{index + 1}" if prefixes.count(prefix) > 1 else prefix
+            for index, prefix in enumerate(prefixes)]
+
+
+def run_labels(runs):
+    """Return a short legend label per run: the differing settings, else the folder name."""
+    if len(runs) < 2 or any(run["config"] is None for run in runs):
+        return [run["name"] for run in runs]
+    keys = differing_settings([run["config"] for run in runs])
+    labels = [", ".join(f"{key}={display_value(key, run['config'].get(key))}" for key in keys)
+              or run["name"] for run in runs]
+    return [f"{label} ({run['name']})" if labels.count(label) > 1 else label
+            for label, run in zip(labels, runs)]
+
+
+def shared_title(runs):
+    """Return 'arch, trainable=..., OPTIMIZER' from the values all runs share."""
+    parts = []
+    for key in ("arch", "trainable", "optimizer"):
+        values = {canonical((run["config"] or {}).get(key)) for run in runs}
+        value = (runs[0]["config"] or {}).get(key)
+        if len(values) == 1 and value is not None:
+            text = display_value(key, value)
+            parts.append(f"trainable={text}" if key == "trainable" else text)
+    return ", ".join(parts)
+
+
+# ---------------------------------------------------------------- planning
+
+def line(run, column, label, color, linestyle="-"):
+    """Return one curve: `column` of the run's history against its epochs."""
+    return {"label": label, "epochs": run["history"]["epoch"],
+            "values": run["history"][column], "color": color, "linestyle": linestyle}
+
+
+def color_of(index):
+    """Return the default-cycle colour of the index-th curve ('C0', 'C1', ...)."""
+    return f"C{index % 10}"
+
+
+def plan_run_plots(run, prefix):
+    """Return the loss and accuracy plots of one run: its train, val and test curves."""
+    title = shared_title([run]) or run["name"]
+    plots = []
+    for metric, ylabel in METRIC_LABELS.items():
+        columns = [f"{split}_{metric}" for split in SPLITS]
+        present = [column for column in columns if column in run["history"]]
+        lines = [line(run, column, column.split("_")[0], color_of(index))
+                 for index, column in enumerate(present)]
+        plots.append({"filename": f"{prefix}_{metric}.png", "title": title,
+                      "ylabel": ylabel, "lines": lines})
+    return plots
+
+
+def plan_overlay_plots(runs):
+    """Return one plot per split and metric present in any run, one line per run."""
+    labels = run_labels(runs)
+    context = shared_title(runs)
+    plots = []
+    for split in SPLITS:
+        for metric, ylabel in METRIC_LABELS.items():
+            column = f"{split}_{metric}"
+            lines = [line(run, column, label, color_of(index))
+                     for index, (run, label) in enumerate(zip(runs, labels))
+                     if column in run["history"]]
+            if not lines:
+                continue
+            title = f"{split} {METRIC_WORDS[metric]}" + (f" ({context})" if context else "")
+            plots.append({"filename": f"{column}.png", "title": title,
+                          "ylabel": ylabel, "lines": lines})
+    return plots
+
+
+def comparison_key(runs):
+    """Return the one setting in which the runs differ, or None.
+
+    None also when a run has no config or two runs share the value, since the
+    picture would then have indistinguishable curves.
+    """
+    if len(runs) < 2 or any(run["config"] is None for run in runs):
+        return None
+    keys = differing_settings([run["config"] for run in runs])
+    for leader, followers in FOLLOWS.items():
+        if leader in keys:
+            keys = [key for key in keys if key not in followers]
+    if len(keys) != 1:
+        return None
+    values = [canonical(run["config"].get(keys[0])) for run in runs]
+    return keys[0] if len(set(values)) == len(values) else None
+
+
+def plan_comparison_plots(runs, key):
+    """Return '<A>_vs_<B>' loss and accuracy plots: train dashed, val-or-test solid per run."""
+    values = [display_value(key, run["config"].get(key)) for run in runs]
+    stem = "_vs_".join(file_token(value) for value in values)
+    context = shared_title(runs)
+    plots = []
+    for metric, ylabel in METRIC_LABELS.items():
+        lines = []
+        for index, (run, value) in enumerate(zip(runs, values)):
+            lines.append(line(run, f"train_{metric}", f"{value} train", color_of(index), "--"))
+            held_out = [split for split in ("val", "test") if f"{split}_{metric}" in run["history"]]
+            if held_out:
+                lines.append(line(run, f"{held_out[0]}_{metric}", f"{value} {held_out[0]}",
+                                  color_of(index)))
+        title = f"{key}: {' vs '.join(values)}" + (f" ({context})" if context else "")
+        plots.append({"filename": f"{stem}_{metric}.png", "title": title,
+                      "ylabel": ylabel, "lines": lines})
+    return plots
+
+
+def plan_plots(runs):
+    """Return every plot to draw for `runs` (dicts: filename, title, ylabel, lines).
+
+    File names are unique within the result: a later clash gets '_2', '_3', ...
+    """
+    plots = []
+    for run, prefix in zip(runs, unique_prefixes(runs)):
+        plots += plan_run_plots(run, prefix)
+    if len(runs) > 1:
+        plots += plan_overlay_plots(runs)
+        key = comparison_key(runs)
+        if key is not None:
+            plots += plan_comparison_plots(runs, key)
+    seen = set()
+    for plot in plots:
+        stem, name, count = plot["filename"][:-len(".png")], plot["filename"], 1
+        while name in seen:
+            count += 1
+            name = f"{stem}_{count}.png"
+        plot["filename"] = name
+        seen.add(name)
+    return plots
+
+
+# ---------------------------------------------------------------- drawing
+
+def draw_plot(plot, path):
+    """Draw one planned plot into the PNG file `path`."""
+    fig, ax = plt.subplots(figsize=FIGURE_SIZE, dpi=FIGURE_DPI)
+    try:
+        for curve in plot["lines"]:
+            ax.plot(curve["epochs"], curve["values"], color=curve["color"],
+                    linestyle=curve["linestyle"], label=curve["label"], linewidth=1.8,
+                    marker="o" if len(curve["epochs"]) == 1 else None)  # 1 point: no line
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(plot["ylabel"])
+        ax.set_title(plot["title"])
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
+        if plot["lines"]:
+            ax.legend()
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+
+
+def build_parser():
+    """Return the command-line parser."""
+    parser = argparse.ArgumentParser(
+        prog="plots.py", description="Plot loss and accuracy curves of run folders.")
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                        help="run folder holding history.csv (and config.json)")
+    parser.add_argument("--out", default="tmp", help="folder for the PNG files (created)")
+    return parser
+
+
+def main(argv=None):
+    """Read every run first, then draw; print each written path. Errors exit 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        runs = [read_run(path) for path in args.run_dirs]
+    except RunError as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    plots = plan_plots(runs)
+    try:
+        os.makedirs(args.out, exist_ok=True)
+        for plot in plots:
+            path = os.path.join(args.out, plot["filename"])
+            draw_plot(plot, path)
+            print(path)
+    except OSError as e:
+        parser.exit(2, f"{parser.prog}: error: cannot write ({e.strerror}) in {args.out}; "
+                       "pick a writable --out folder\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""The command line: spellings, the boolean flag, resolved defaults, config files and bad values."""
+
+import argparse
+import json
+
+import pytest
+
+from config import Config, ConfigError, parse_args, str2bool
+from conftest import TINY, assert_one_line_error, run_train
+
+
+@pytest.mark.parametrize("text, value", [("True", True), ("true", True), ("1", True), ("YES", True),
+                                         ("False", False), ("false", False), ("0", False), ("no", False)])
+def test_str2bool(text, value):
+    assert str2bool(text) is value
+
+
+def test_str2bool_rejects_maybe():
+    with pytest.raises(argparse.ArgumentTypeError):
+        str2bool("maybe")
+
+
+@pytest.mark.parametrize("flag", ["--use-lbfgs", "--use_lbfgs"])
+def test_use_lbfgs_selects_lbfgs_and_its_default_lr(flag):
+    cfg, _ = parse_args([flag, "True"])
+    assert cfg.optimizer == "lbfgs" and cfg.use_lbfgs is True and cfg.lr == 1.0
+    cfg, _ = parse_args([flag, "false"])
+    assert cfg.optimizer == "sgd" and cfg.lr == 0.1
+
+
+def test_defaults_and_explicit_values():
+    cfg, given = parse_args([])
+    assert (cfg.arch, cfg.trainable, cfg.optimizer, cfg.epochs, cfg.batch_size) == ("resnet32", "all", "sgd", 160, 128)
+    assert cfg.milestones == [80, 120] and cfg.weight_decay == 1e-4 and cfg.bn_init == "uniform"
+    assert given == set()
+    cfg, given = parse_args(["-a", "resnet20", "-t", "bn+fc", "--use-lbfgs", "yes", "--lr", "0.5", "--wd", "0",
+                             "-b", "32", "--epochs", "10", "--milestones", "3,7"])
+    assert (cfg.arch, cfg.trainable, cfg.lr, cfg.weight_decay, cfg.batch_size) == ("resnet20", "bn+fc", 0.5, 0.0, 32)
+    assert cfg.milestones == [3, 7] and cfg.epochs == 10
+    assert {"arch", "trainable", "use_lbfgs", "lr"} <= given
+
+
+def test_contradicting_optimizer_flags():
+    with pytest.raises(ConfigError, match="contradicts"):
+        parse_args(["--use-lbfgs", "true", "--optimizer", "sgd"])
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_config_file_with_command_line_override(tmp_path, suffix):
+    path = tmp_path / f"settings{suffix}"
+    values = {"arch": "resnet44", "batch-size": 64, "trainable": "bn", "use_lbfgs": "true"}
+    path.write_text(json.dumps(values) if suffix == ".json" else "\n".join(f"{k}: {v}" for k, v in values.items()))
+    cfg, _ = parse_args(["--config", str(path), "-b", "16"])
+    assert (cfg.arch, cfg.batch_size, cfg.trainable, cfg.optimizer) == ("resnet44", 16, "bn", "lbfgs")
+
+
+def test_config_file_unknown_key(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text('{"learning_rate": 0.1}')
+    with pytest.raises(ConfigError, match="unknown setting 'learning_rate'"):
+        parse_args(["--config", str(path)])
+
+
+@pytest.mark.parametrize("args, words", [
+    (["-t", "foo"], ["-t/--trainable", "foo"]),
+    (["--use-lbfgs", "maybe"], ["maybe"]),
+    (["--epochs", "-1"], ["--epochs", "-1"]),
+    (["-b", "0"], ["--batch-size"]),
+    (["--lr", "nan"], ["--lr"]),
+    (["--lr", "-0.1"], ["--lr", "-0.1"]),
+    (["-a", "resnet33"], ["resnet33"]),
+    (["--train-size", "0"], ["--train-size"]),
+    (["--evaluate"], ["--resume"]),
+    (["--device", "tpu"], ["--device"]),
+])
+def test_bad_values_exit_2_with_one_line(args, words, tmp_path, capsys):
+    import train
+    with pytest.raises(SystemExit) as exit_info:
+        train.main([*args, "--save-dir", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and all(w in err[0] for w in words), err
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_flag_in_a_real_process_has_no_traceback(tmp_path):
+    result = run_train(*TINY, "--use-lbfgs", "maybe", "--save-dir", tmp_path / "run")
+    assert_one_line_error(result, "maybe")
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_dataclass_has_help_for_every_flag():
+    import dataclasses
+    assert all(f.metadata.get("help") for f in dataclasses.fields(Config))

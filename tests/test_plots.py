@@ -1,0 +1,243 @@
+"""Behaviour of plots.py: which files it writes, that they show the curves, and its errors."""
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib import colors
+from matplotlib import image as mpimg
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_plots():
+    """Import plots.py from the repo root without touching sys.path."""
+    spec = importlib.util.spec_from_file_location("plots", REPO / "plots.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+plots = load_plots()
+
+BASE_CONFIG = {
+    "arch": "resnet32", "width": 1, "trainable": "bn", "optimizer": "sgd", "lr": 0.1,
+    "milestones": [80, 120], "epochs": 10, "seed": 0, "save_dir": "runs/x",
+    "device": "cpu", "versions": {"torch": "2.0"},
+}
+
+
+def make_run(root, name, config=BASE_CONFIG, val=False, test=True, epochs=10, **changes):
+    """Write a tiny run folder `root/name` with config.json (unless None) and history.csv."""
+    folder = Path(root) / name
+    folder.mkdir(parents=True)
+    if config is not None:
+        (folder / "config.json").write_text(json.dumps({**config, **changes}))
+    columns = ["epoch", "lr", "train_loss", "train_acc"]
+    columns += ["val_loss", "val_acc"] if val else []
+    columns += ["test_loss", "test_acc"] if test else []
+    columns += ["epoch_seconds", "images_per_second", "passes", "phase"]
+    lines = [",".join(columns)]
+    for epoch in range(1, epochs + 1):
+        row = {"epoch": epoch, "lr": 0.1, "train_loss": 2.0 / epoch, "train_acc": 100 - 80 / epoch,
+               "val_loss": 2.2 / epoch, "val_acc": 95 - 80 / epoch,
+               "test_loss": 2.4 / epoch, "test_acc": 90 - 80 / epoch,
+               "epoch_seconds": 1.5, "images_per_second": 900.0, "passes": epoch, "phase": "main"}
+        lines.append(",".join(str(row[column]) for column in columns))
+    (folder / "history.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def run_cli(*args):
+    """Run plots.py as a program from the repo root; return the CompletedProcess."""
+    return subprocess.run([sys.executable, "plots.py", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+
+
+def written(out):
+    """Return the sorted file names in the output folder."""
+    return sorted(path.name for path in Path(out).iterdir())
+
+
+def count_color(png, color, tolerance=0.1):
+    """Return (number of pixels near `color`, columns they span) in a PNG file."""
+    pixels = mpimg.imread(png)[..., :3]  # (H, W, 3) floats in [0, 1]
+    target = np.array(colors.to_rgb(color))
+    near = np.abs(pixels - target).max(axis=-1) < tolerance
+    columns = np.flatnonzero(near.any(axis=0))
+    span = columns[-1] - columns[0] + 1 if columns.size else 0
+    return int(near.sum()), int(span)
+
+
+def test_single_run_draws_train_and_test_curves(tmp_path):
+    run = make_run(tmp_path, "sgd_run")
+    out = tmp_path / "out"
+    result = run_cli(run, "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert written(out) == ["resnet32_SGD_bn_acc.png", "resnet32_SGD_bn_loss.png"]
+    assert result.stdout.split() == [str(out / "resnet32_SGD_bn_loss.png"),
+                                     str(out / "resnet32_SGD_bn_acc.png")]
+    # Control: the same figure (title, axes, legend swatches) with every curve blanked out.
+    plot = plots.plan_run_plots(plots.read_run(str(run)), "control")[1]
+    for curve in plot["lines"]:
+        curve["values"] = [math.nan] * len(curve["values"])
+    plots.draw_plot(plot, tmp_path / "control.png")
+    width = mpimg.imread(out / "resnet32_SGD_bn_acc.png").shape[1]
+    for color in ("C0", "C1"):  # train, test
+        drawn, span = count_color(out / "resnet32_SGD_bn_acc.png", color)
+        blank, _ = count_color(tmp_path / "control.png", color)
+        assert drawn > blank + 400, f"{color} curve missing: {drawn} vs {blank} pixels"
+        assert span > width / 2, f"{color} curve spans only {span} of {width} columns"
+
+
+def test_two_runs_differing_in_optimizer_get_overlays_and_comparison(tmp_path):
+    sgd = make_run(tmp_path, "a")
+    lbfgs = make_run(tmp_path, "b", optimizer="lbfgs", save_dir="runs/y", checkpoint_path="c")
+    out = tmp_path / "out"
+    result = run_cli(sgd, lbfgs, "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert written(out) == sorted([
+        "resnet32_SGD_bn_loss.png", "resnet32_SGD_bn_acc.png",
+        "resnet32_LBFGS_bn_loss.png", "resnet32_LBFGS_bn_acc.png",
+        "train_loss.png", "train_acc.png", "test_loss.png", "test_acc.png",
+        "SGD_vs_LBFGS_loss.png", "SGD_vs_LBFGS_acc.png",
+    ])
+    assert len(result.stdout.splitlines()) == 10
+
+
+def test_comparison_plot_styles_and_labels(tmp_path):
+    runs = [plots.read_run(str(make_run(tmp_path, "a"))),
+            plots.read_run(str(make_run(tmp_path, "b", optimizer="lbfgs")))]
+    acc = plots.plan_comparison_plots(runs, "optimizer")[1]
+    assert acc["filename"] == "SGD_vs_LBFGS_acc.png"
+    assert [(c["label"], c["color"], c["linestyle"]) for c in acc["lines"]] == [
+        ("SGD train", "C0", "--"), ("SGD test", "C0", "-"),
+        ("LBFGS train", "C1", "--"), ("LBFGS test", "C1", "-")]
+    assert plots.run_labels(runs) == ["optimizer=SGD", "optimizer=LBFGS"]
+
+
+def test_runs_differing_in_two_settings_get_no_comparison(tmp_path):
+    sgd = make_run(tmp_path, "a")
+    lbfgs = make_run(tmp_path, "b", optimizer="lbfgs", trainable="all")
+    out = tmp_path / "out"
+    result = run_cli(sgd, lbfgs, "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert not [name for name in written(out) if "_vs_" in name]
+    assert "train_acc.png" in written(out)
+    runs = [plots.read_run(str(sgd)), plots.read_run(str(lbfgs))]
+    assert plots.run_labels(runs) == ["trainable=bn, optimizer=SGD", "trainable=all, optimizer=LBFGS"]
+
+
+def test_optimizer_comparison_ignores_the_settings_that_follow_it(tmp_path):
+    sgd = make_run(tmp_path, "a")
+    lbfgs = make_run(tmp_path, "b", optimizer="lbfgs", lr=1.0, lbfgs_batch_size=512)
+    runs = [plots.read_run(str(sgd)), plots.read_run(str(lbfgs))]
+    assert plots.comparison_key(runs) == "optimizer"
+    tuned = make_run(tmp_path, "c", lr=0.05)  # the same optimizer: lr is a real difference
+    assert plots.comparison_key([plots.read_run(str(sgd)), plots.read_run(str(tuned))]) == "lr"
+
+
+def test_three_runs_comparison_name_keeps_given_order(tmp_path):
+    runs = [plots.read_run(str(make_run(tmp_path, name, lr=lr)))
+            for name, lr in (("a", 1.0), ("b", 0.1), ("c", "1e-2 x"))]
+    names = [plot["filename"] for plot in plots.plan_plots(runs)]
+    assert "1.0_vs_0.1_vs_1e-2_x_acc.png" in names
+
+
+def test_val_columns_give_val_overlay_and_missing_test_is_fine(tmp_path):
+    first = make_run(tmp_path, "a", val=True, test=False)
+    second = make_run(tmp_path, "b", val=True, test=False, epochs=3, width=2)
+    out = tmp_path / "out"
+    result = run_cli(first, second, "--out", out)
+    assert result.returncode == 0, result.stderr
+    names = written(out)
+    assert {"val_loss.png", "val_acc.png", "train_acc.png", "1_vs_2_acc.png"} <= set(names)
+    assert not [name for name in names if name.startswith("test_")]
+
+
+def test_same_arch_optimizer_trainable_twice_gives_distinct_files(tmp_path):
+    first = make_run(tmp_path, "seed0")
+    second = make_run(tmp_path, "seed0_again")
+    out = tmp_path / "out"
+    result = run_cli(first, second, "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert {"resnet32_SGD_bn_seed0_acc.png", "resnet32_SGD_bn_seed0_again_acc.png",
+            "resnet32_SGD_bn_seed0_loss.png", "resnet32_SGD_bn_seed0_again_loss.png"
+            } <= set(written(out))
+    assert len(set(result.stdout.splitlines())) == len(result.stdout.splitlines())
+
+
+def test_missing_config_falls_back_to_folder_name(tmp_path):
+    run = plots.read_run(str(make_run(tmp_path, "old run", config=None)))
+    assert run["config"] is None
+    assert [plot["filename"] for plot in plots.plan_plots([run])] == [
+        "old_run_loss.png", "old_run_acc.png"]
+
+
+def test_read_run_returns_float_columns_and_ignores_unknown(tmp_path):
+    run = plots.read_run(str(make_run(tmp_path, "a", epochs=3)))
+    assert run["name"] == "a" and run["config"]["optimizer"] == "sgd"
+    assert run["history"]["epoch"] == [1.0, 2.0, 3.0]
+    assert run["history"]["train_loss"] == [2.0, 1.0, 2.0 / 3]
+    assert "phase" not in run["history"] and "val_acc" not in run["history"]
+
+
+def corrupt_history(folder):
+    (folder / "history.csv").write_text("epoch,train_loss,train_acc\n1,0.5,80\nabc\n")
+
+
+def history_without_column(folder):
+    (folder / "history.csv").write_text("epoch,train_loss\n1,0.5\n")
+
+
+def history_without_rows(folder):
+    (folder / "history.csv").write_text("epoch,train_loss,train_acc,test_loss,test_acc\n")
+
+
+def non_numeric_value(folder):
+    (folder / "history.csv").write_text("epoch,train_loss,train_acc\n1,0.5,high\n")
+
+
+def corrupt_config(folder):
+    (folder / "config.json").write_text('{"arch": "resnet32",')
+
+
+def no_history(folder):
+    (folder / "history.csv").unlink()
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (None, "no such folder"),
+    (no_history, "no history.csv"),
+    (corrupt_history, "history.csv"),
+    (non_numeric_value, "non-numeric value 'high'"),
+    (history_without_column, "missing column(s) train_acc"),
+    (history_without_rows, "no rows"),
+    (corrupt_config, "invalid JSON"),
+])
+def test_bad_run_folder_is_one_line_error_and_writes_nothing(tmp_path, damage, expected):
+    good = make_run(tmp_path, "good")
+    bad = make_run(tmp_path, "bad")
+    if damage is None:
+        bad = tmp_path / "missing"
+    else:
+        damage(bad)
+    out = tmp_path / "out"
+    result = run_cli(good, bad, "--out", out)
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("plots.py: error: ") and expected in result.stderr
+    assert str(bad) in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert not out.exists()
+
+
+def test_no_run_dir_prints_usage_and_exits_2():
+    result = run_cli()
+    assert result.returncode == 2
+    assert "usage:" in result.stderr and "Traceback" not in result.stderr

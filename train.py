@@ -1,0 +1,228 @@
+"""Train a CIFAR ResNet with all, only BatchNorm, or no parameters trainable.
+
+    python train.py -t bn --use-lbfgs True
+    python train.py -t all --epochs 160 --save-dir runs/full
+    python train.py --resume runs/full -e
+
+Writes config.json, history.csv, checkpoint.pt and summary.json into --save-dir.
+"""
+
+import dataclasses
+import os
+import platform
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+
+from config import FIELDS, SETTINGS_THAT_DEFINE_A_RUN, Config, ConfigError, fail, parse_args, resolve, to_dict
+from data import load_dataset
+from engine import build_optimizer, build_scheduler, evaluate, train_one_epoch
+from resnet import build_model, count_parameters, freeze
+from runfiles import (RUN_FILES, CheckpointError, check_save_dir, checkpoint_path, load_checkpoint, rng_state,
+                      save_checkpoint, set_rng_state, summarize, write_history, write_json)
+
+# settings that only say where or how to run, so --resume may change them freely
+RUNTIME_SETTINGS = ("resume", "evaluate", "save_dir", "data_dir", "cache_dir", "workers", "device", "download",
+                    "no_progress", "print_freq", "overwrite", "config", "save_every", "epochs")
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto: cuda, then mps, then cpu; an accelerator that is not there is an error."""
+    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
+        if ":" in name and int(name[5:]) >= torch.cuda.device_count():
+            raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if name == "mps" and not has_mps:
+        raise ConfigError("--device mps: MPS is not available on this machine; use --device cpu or auto")
+    return torch.device(name)
+
+
+def resume_config(checkpoint: dict, cli: Config, given: set) -> Config:
+    """The checkpoint's settings, with the flags given now on top; a change of what the run is, is an error."""
+    saved = {k: v for k, v in checkpoint["config"].items() if k in FIELDS}
+    values = {**saved, **{name: getattr(cli, name) for name in given}}
+    if "use_lbfgs" in given and "optimizer" not in given:
+        values["optimizer"] = "lbfgs" if cli.use_lbfgs else "sgd"
+    values["use_lbfgs"] = None  # resolve() sets it from the optimizer
+    merged = resolve(Config(**values), given)
+    for name in SETTINGS_THAT_DEFINE_A_RUN:
+        if getattr(merged, name) != saved.get(name):
+            raise ConfigError(f"--{name.replace('_', '-')} {getattr(merged, name)} conflicts with the checkpoint's "
+                              f"{saved.get(name)}; drop the flag to resume, or start a new run with --save-dir")
+    return merged
+
+
+def default_save_dir(cfg: Config) -> str:
+    return os.path.join("runs", f"{cfg.arch}_{cfg.optimizer}_{cfg.trainable}_{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def epoch_line(row: dict, epochs: int) -> str:
+    """One fixed-column line per epoch."""
+    parts = [f"epoch {row['epoch']:>4}/{epochs}", f"lr {row['lr']:.2e}",
+             f"train loss {row['train_loss']:.4f} acc {row['train_acc']:6.2f}"]
+    for split in ("val", "test"):
+        if f"{split}_loss" in row:
+            parts.append(f"{split} loss {row[f'{split}_loss']:.4f} acc {row[f'{split}_acc']:6.2f}")
+    parts.append(f"{row['epoch_seconds']:7.1f}s {row['images_per_second']:7.0f} img/s {row['passes']:>6} passes")
+    return " | ".join(parts)
+
+
+def run_epoch(epoch, model, optimizer, scheduler, cfg, dataset_on_device, stats, generator) -> dict:
+    """Train one epoch, evaluate every held-out split, step the schedule; returns the history row."""
+    start = time.perf_counter()
+    lr = optimizer.param_groups[0]["lr"] if optimizer is not None else 0.0
+    train = train_one_epoch(model, optimizer, cfg, dataset_on_device["train"], stats, generator, epoch)
+    row = {"epoch": epoch, "lr": lr, "train_loss": train["loss"], "train_acc": train["acc"]}
+    for split in ("val", "test"):
+        if split in dataset_on_device:
+            metrics = evaluate(model, dataset_on_device[split], stats)
+            row[f"{split}_loss"], row[f"{split}_acc"] = metrics["loss"], metrics["acc"]
+    if scheduler is not None:
+        scheduler.step()
+    row.update(epoch_seconds=time.perf_counter() - start, images_per_second=train["images_per_second"],
+               passes=train["passes"])
+    return row
+
+
+def main(argv=None) -> int:
+    try:
+        return run(*parse_args(argv))
+    except ConfigError as e:
+        fail(str(e))
+
+
+@dataclasses.dataclass
+class Experiment:
+    """Everything a run trains and measures, built from the settings (and restored from a checkpoint)."""
+    model: torch.nn.Module
+    params: list  # the trainable parameters
+    optimizer: object
+    scheduler: object
+    generator: torch.Generator  # data order and augmentation
+    splits: dict  # name -> (images (N,3,H,W) uint8, labels (N,) int64) on the device
+    stats: tuple  # normalisation mean and std, (3, 1, 1) tensors on the device
+    normalization: dict  # the same as plain lists, for the checkpoint
+    num_classes: int
+    history: list
+    start_epoch: int
+
+
+def run(cfg: Config, given: set) -> int:
+    """Check everything that can be checked, then evaluate or train; returns the exit status."""
+    checkpoint = None
+    if cfg.resume:
+        path = checkpoint_path(cfg.resume)
+        checkpoint = load_checkpoint(path)
+        cfg = resume_config(checkpoint, cfg, given)
+        if "save_dir" not in given:
+            cfg.save_dir = os.path.dirname(os.path.abspath(path))
+    device = resolve_device(cfg.device)
+    if not cfg.evaluate:
+        cfg.save_dir = cfg.save_dir or default_save_dir(cfg)
+        check_save_dir(cfg.save_dir, cfg.overwrite, resuming=checkpoint is not None)
+    experiment = build_experiment(cfg, device, checkpoint)
+    if cfg.evaluate:
+        if "test" not in experiment.splits:
+            raise ConfigError(f"--evaluate: the {cfg.dataset} data in {cfg.data_dir} has no test split")
+        metrics = evaluate(experiment.model, experiment.splits["test"], experiment.stats)
+        print(f"test_loss {metrics['loss']:.4f} test_acc {metrics['acc']:.2f}")
+        return 0
+    prepare_save_dir(cfg, device, resuming=checkpoint is not None)
+    return train(cfg, experiment, device)
+
+
+def build_experiment(cfg: Config, device: torch.device, checkpoint) -> Experiment:
+    """Seed, load the data, build the model, optimizer and schedule; restore them when resuming."""
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    dataset = load_dataset(cfg)
+    model = build_model(cfg.arch, dataset.num_classes, cfg.width, cfg.bn_init).to(device)
+    params = freeze(model, cfg.trainable)
+    optimizer = build_optimizer(cfg, params)
+    scheduler = build_scheduler(cfg, optimizer)
+    normalization = {"mean": list(dataset.mean), "std": list(dataset.std)}
+    history, start_epoch = [], 1
+    if checkpoint is not None:
+        normalization = restore(checkpoint, model, optimizer, scheduler, generator)
+        history, start_epoch = list(checkpoint.get("history", [])), checkpoint["epoch"] + 1
+    stats = tuple(torch.tensor(normalization[k], device=device).view(3, 1, 1) for k in ("mean", "std"))
+    splits = {name: (images.to(device), labels.to(device)) for name, (images, labels) in dataset.splits.items()}
+    return Experiment(model, params, optimizer, scheduler, generator, splits, stats, normalization,
+                      dataset.num_classes, history, start_epoch)
+
+
+def train(cfg: Config, ex: Experiment, device: torch.device) -> int:
+    """The epoch loop: train, evaluate, and write the run files after every epoch."""
+    total, trainable = count_parameters(ex.model), sum(p.numel() for p in ex.params)
+    print(f"{cfg.arch} x{cfg.width}: {trainable:,} of {total:,} parameters trainable ({cfg.trainable}), "
+          f"{cfg.optimizer}, {len(ex.splits['train'][1]):,} training images, device {device}, "
+          f"run folder {cfg.save_dir}", flush=True)
+    if "test" not in ex.splits and "val" not in ex.splits:
+        print("note: no test split and no --val-split: only training metrics are recorded", file=sys.stderr)
+    for epoch in range(ex.start_epoch, cfg.epochs + 1):
+        row = run_epoch(epoch, ex.model, ex.optimizer, ex.scheduler, cfg, ex.splits, ex.stats, ex.generator)
+        print(epoch_line(row, cfg.epochs), flush=True)
+        if not np.isfinite(row["train_loss"]):
+            fail(f"the training loss is not finite at epoch {epoch}; lower --lr "
+                 f"(the last good checkpoint is kept in {cfg.save_dir})", status=3)
+        ex.history.append(row)
+        write_history(os.path.join(cfg.save_dir, "history.csv"), ex.history)
+        if epoch % cfg.save_every == 0 or epoch == cfg.epochs:
+            save_checkpoint(os.path.join(cfg.save_dir, "checkpoint.pt"), checkpoint_state(cfg, ex, epoch))
+        write_json(os.path.join(cfg.save_dir, "summary.json"), summarize(ex.history, trainable, total, world_size=1))
+    return 0
+
+
+def checkpoint_state(cfg: Config, ex: Experiment, epoch: int) -> dict:
+    """The one dict saved as checkpoint.pt (plain tensors and containers only)."""
+    return {"model": ex.model.state_dict(), "optimizer": ex.optimizer.state_dict() if ex.optimizer else None,
+            "scheduler": ex.scheduler.state_dict() if ex.scheduler else None, "epoch": epoch,
+            "rng": rng_state(ex.generator), "config": to_dict(cfg), "normalization": ex.normalization,
+            "history": ex.history, "num_classes": ex.num_classes}
+
+
+def restore(checkpoint: dict, model, optimizer, scheduler, generator) -> dict:
+    """Load a checkpoint's states into the freshly built objects; returns its normalisation."""
+    try:
+        model.load_state_dict(checkpoint["model"])
+        if optimizer is not None and checkpoint.get("optimizer"):
+            optimizer.load_state_dict(checkpoint["optimizer"])
+        if scheduler is not None and checkpoint.get("scheduler"):
+            scheduler.load_state_dict(checkpoint["scheduler"])
+        set_rng_state(checkpoint["rng"], generator)
+    except (RuntimeError, KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"--resume: the checkpoint does not match this model or run "
+                              f"({str(e).splitlines()[0][:120]}); resume with the settings it was made with") from None
+    return checkpoint["normalization"]
+
+
+def prepare_save_dir(cfg: Config, device: torch.device, resuming: bool) -> None:
+    """Make the run folder and write config.json; --overwrite first removes the old run's files."""
+    os.makedirs(cfg.save_dir, exist_ok=True)
+    if cfg.overwrite and not resuming:
+        for name in RUN_FILES:
+            if os.path.exists(os.path.join(cfg.save_dir, name)):
+                os.remove(os.path.join(cfg.save_dir, name))
+    settings = to_dict(cfg)
+    settings.update(world_size=1, global_batch_size=cfg.batch_size, resolved_device=str(device),
+                    versions={"torch": torch.__version__, "torchvision": _torchvision_version(),
+                              "python": platform.python_version()})
+    write_json(os.path.join(cfg.save_dir, "config.json"), settings)
+
+
+def _torchvision_version() -> str:
+    import torchvision
+    return torchvision.__version__
+
+
+if __name__ == "__main__":
+    sys.exit(main())
