@@ -18,6 +18,7 @@ ARCHS = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet120
 TRAINABLE = ("all", "bn", "bn+fc", "fc", "none")
 OPTIMIZERS = ("sgd", "lbfgs")
 DEFAULT_LR = {"sgd": 0.1, "lbfgs": 1.0}  # used when --lr is not given
+DEFAULT_BN_RECALIBRATE = {"sgd": 0, "lbfgs": 4096}  # images; used when --bn-recalibrate is not given
 
 
 class ConfigError(ValueError):
@@ -76,7 +77,11 @@ class Config:
         "multistep epochs, e.g. 80,120 (default: 50%% and 75%% of --epochs)", type=int_list, metavar="E1,E2"))
     lbfgs_history: int = field(default=10, metadata=_flag("L-BFGS memory (number of curvature pairs)"))
     lbfgs_max_iter: int = field(default=5, metadata=_flag("L-BFGS iterations per optimizer step (per batch)"))
-    lbfgs_batch_size: int = field(default=1024, metadata=_flag("images in the fixed batch of one L-BFGS step"))
+    lbfgs_batch_size: int = field(default=512, metadata=_flag("images in the fixed batch of one L-BFGS step"))
+    bn_recalibrate: Optional[int] = field(default=None, metadata=_flag(
+        "before each evaluation, re-estimate BN running statistics as the plain average over N fixed "
+        "training images (0: keep the running averages; default 4096 for L-BFGS, whose few large steps "
+        "leave the running averages stale, 0 for SGD)"))
     seed: int = field(default=0, metadata=_flag("random seed: same seed and flags give the same run on the CPU"))
     # data
     dataset: str = field(default="cifar10", metadata=_flag(
@@ -115,7 +120,13 @@ class Config:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
-SETTINGS_THAT_DEFINE_A_RUN = ("arch", "width", "trainable", "dataset", "optimizer")
+# long aliases ("wd") -> field names, so config files may use every spelling of the command line
+ALIASES = {a.lstrip("-").replace("-", "_"): f.name for f in FIELDS.values() for a in f.metadata["aliases"]
+           if a.startswith("--")}
+# Settings that say where or how to run; everything else defines the run and is fixed once it started,
+# except that --epochs may extend it.
+RUNTIME_SETTINGS = ("resume", "evaluate", "save_dir", "data_dir", "cache_dir", "workers", "device", "download",
+                    "no_progress", "print_freq", "overwrite", "config", "save_every", "epochs")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -163,7 +174,8 @@ def read_config_file(path: str) -> dict:
         raise ConfigError(f"--config {path} is not valid JSON/YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"--config {path} must hold a mapping of flag names to values")
-    return {str(k).lstrip("-").replace("-", "_"): v for k, v in values.items()}
+    names = (str(k).lstrip("-").replace("-", "_") for k in values)
+    return {ALIASES.get(name, name): v for name, v in zip(names, values.values())}
 
 
 def _coerce(name: str, value):
@@ -173,6 +185,8 @@ def _coerce(name: str, value):
         raise ConfigError(f"unknown setting {name!r} in --config file; see train.py --help for the names")
     meta = f.metadata
     if value is None:
+        if f.default is not None:
+            raise ConfigError(f"{name} in --config file is empty; give a value or leave the key out")
         return None
     try:
         if "type" in meta:
@@ -209,6 +223,8 @@ def resolve(cfg: Config, given: set) -> Config:
     cfg.use_lbfgs = cfg.optimizer == "lbfgs"
     if cfg.lr is None:
         cfg.lr = DEFAULT_LR[cfg.optimizer]
+    if cfg.bn_recalibrate is None:
+        cfg.bn_recalibrate = DEFAULT_BN_RECALIBRATE[cfg.optimizer]
     if cfg.milestones is None and cfg.schedule == "multistep":
         cfg.milestones = sorted({m for m in (int(cfg.epochs * 0.5), int(cfg.epochs * 0.75)) if m >= 1})
     validate(cfg)
@@ -227,7 +243,9 @@ def validate(cfg: Config) -> None:
     for name in ("train_size", "test_size"):
         value = getattr(cfg, name)
         require(value is None or value >= 1, f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    require(0 <= cfg.seed < 2**32, f"--seed must be between 0 and 2**32 - 1, got {cfg.seed}")
     require(cfg.val_split >= 0, f"--val-split must be 0 or more, got {cfg.val_split}")
+    require(cfg.bn_recalibrate >= 0, f"--bn-recalibrate must be 0 or more, got {cfg.bn_recalibrate}")
     require(cfg.print_freq >= 0, f"--print-freq must be 0 or more, got {cfg.print_freq}")
     require(math.isfinite(cfg.lr) and cfg.lr > 0, f"--lr must be a finite number above 0, got {cfg.lr}")
     for name in ("momentum", "weight_decay"):

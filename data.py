@@ -95,14 +95,15 @@ def synthetic_splits(train_n: int, test_n: int, num_classes: int = 10):
     angles = torch.rand(num_classes, generator=g) * torch.pi
     ys, xs = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
 
-    def make(n):
+    def make(n, seed):  # one generator per split: the test set does not depend on the train size
+        g = torch.Generator().manual_seed(seed)
         labels = torch.randint(num_classes, (n,), generator=g)
         direction = torch.cos(angles[labels])[:, None, None] * xs + torch.sin(angles[labels])[:, None, None] * ys
         stripes = torch.sin(direction * 0.8)[:, None]  # (n, 1, 32, 32)
         pixels = 0.25 + 0.5 * colours[labels] + 0.15 * stripes + 0.15 * torch.randn(n, 3, 32, 32, generator=g)
         return (pixels.clamp(0, 1) * 255).round().to(torch.uint8), labels
 
-    return {"train": make(train_n), "test": make(test_n)}
+    return {"train": make(train_n, 1), "test": make(test_n, 2)}
 
 
 # ---------------------------------------------------------------- imagefolder with a decoded cache
@@ -123,7 +124,8 @@ def load_imagefolder(data_dir: str, cache_dir: str, image_size: int, workers: in
                 files["test"] = make_dataset(os.path.join(root, name), class_to_idx, IMG_EXTENSIONS)
                 break
     except (FileNotFoundError, OSError) as e:
-        raise DataError(f"{str(e).splitlines()[0]}; put images in DATA_DIR/train/<class>/ ({data_dir})") from None
+        raise DataError(f"{str(e).splitlines()[0]}; put images in DATA_DIR/train/<class>/ and give test/ (or val/) "
+                        f"the same class folders ({data_dir})") from None
     key = cache_key(files, image_size)
     cache_path = os.path.join(os.path.expanduser(cache_dir), f"imagefolder-{key}.npz")
     splits = read_cache(cache_path)

@@ -52,7 +52,10 @@ def l2_penalty(params: list, weight_decay: float):
 
 
 def lbfgs_step(model, optimizer, images, labels, weight_decay: float) -> dict:
-    """One L-BFGS step on a fixed batch; BN running statistics move once, from the first forward pass."""
+    """One L-BFGS step on a fixed batch; BN running statistics move once, from the first forward pass.
+
+    The reported loss is the cross-entropy of that first pass (without the L2 term), as SGD reports it.
+    """
     params = optimizer.param_groups[0]["params"]
     first = {}
     passes = 0
@@ -61,11 +64,12 @@ def lbfgs_step(model, optimizer, images, labels, weight_decay: float) -> dict:
         nonlocal passes
         optimizer.zero_grad(set_to_none=True)
         logits = model(images)
-        loss = F.cross_entropy(logits, labels) + l2_penalty(params, weight_decay)
+        cross_entropy = F.cross_entropy(logits, labels)
+        loss = cross_entropy + l2_penalty(params, weight_decay)
         loss.backward()
         passes += 1
         if not first:  # the line search calls again; those calls must not move the running statistics
-            first.update(loss=loss.detach(), correct=(logits.argmax(1) == labels).sum(), bn=bn_buffers(model))
+            first.update(loss=cross_entropy.detach(), correct=(logits.argmax(1) == labels).sum(), bn=bn_buffers(model))
         return loss
 
     optimizer.step(closure)
@@ -113,6 +117,19 @@ def train_one_epoch(model, optimizer, cfg, train_split, stats, generator, epoch:
     n = len(labels)
     return {"loss": loss_sum.item() / n, "acc": 100.0 * correct.item() / n, "passes": passes,
             "images_per_second": n / seconds}
+
+
+@torch.no_grad()
+def recalibrate_bn(model, images: torch.Tensor, stats, count: int, batch_size: int = 512) -> None:
+    """Reset BN running statistics to the plain average over `count` fixed training images (train mode).
+
+    The images are the first `count` of a fixed permutation, un-augmented, so the result is the same
+    whenever it is computed and consumes no random numbers of the run.
+    """
+    mean, std = stats
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:count].to(images.device)
+    batches = (normalize(images[order[s:s + batch_size]], mean, std) for s in range(0, len(order), batch_size))
+    torch.optim.swa_utils.update_bn(batches, model)
 
 
 @torch.no_grad()

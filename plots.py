@@ -41,7 +41,7 @@ BOOKKEEPING_KEYS = frozenset({
 # Settings whose value follows another's default: runs with different optimizers have different
 # default learning rates, and are still a comparison of optimizers.
 # The same holds for the L-BFGS-only settings when only one of the runs uses L-BFGS.
-FOLLOWS = {"optimizer": ("lr", "lbfgs_history", "lbfgs_max_iter", "lbfgs_batch_size")}
+FOLLOWS = {"optimizer": ("lr", "bn_recalibrate", "lbfgs_history", "lbfgs_max_iter", "lbfgs_batch_size")}
 REQUIRED_COLUMNS = ("epoch", "train_loss", "train_acc")
 # Numeric columns this script knows; any other column (e.g. `phase`) is ignored unread.
 KNOWN_COLUMNS = REQUIRED_COLUMNS + (

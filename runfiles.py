@@ -77,7 +77,8 @@ def save_checkpoint(path: str, state: dict) -> None:
 def rng_state(generator: torch.Generator) -> dict:
     """Every random state a run draws from, as plain tensors and numbers (weights_only-loadable)."""
     state = np.random.get_state(legacy=False)
-    return {"torch": torch.get_rng_state(), "data": generator.get_state(), "python": random.getstate(),
+    return {"torch": torch.get_rng_state(), "data": generator.get_state(), "data_device": generator.device.type,
+            "python": random.getstate(),
             "numpy": {"key": torch.from_numpy(state["state"]["key"].astype(np.int64)), "pos": state["state"]["pos"],
                       "has_gauss": state["has_gauss"], "gauss": state["gauss"]},
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
@@ -85,6 +86,9 @@ def rng_state(generator: torch.Generator) -> dict:
 
 def set_rng_state(state: dict, generator: torch.Generator) -> None:
     """Restore what rng_state saved."""
+    if state.get("data_device", "cpu") != generator.device.type:
+        raise CheckpointError(f"--resume: the run's data order was drawn on {state.get('data_device', 'cpu')}; "
+                              f"resume it with --device {state.get('data_device', 'cpu')} (-e works on any device)")
     torch.set_rng_state(state["torch"])
     generator.set_state(state["data"])
     version, internal, gauss = state["python"]
@@ -92,7 +96,7 @@ def set_rng_state(state: dict, generator: torch.Generator) -> None:
     numpy = state["numpy"]
     np.random.set_state({"bit_generator": "MT19937", "state": {"key": numpy["key"].numpy().astype(np.uint32),
                          "pos": numpy["pos"]}, "has_gauss": numpy["has_gauss"], "gauss": numpy["gauss"]})
-    if state["cuda"] and torch.cuda.is_available():
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
@@ -117,9 +121,18 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
             if "weights_only" in str(e) or "Unsupported global" in str(e) else "it is not a readable checkpoint"
         raise CheckpointError(f"--resume: cannot load {path}: {reason}; give a checkpoint.pt written by train.py") \
             from None
-    if not isinstance(state, dict) or not {"model", "config", "epoch"} <= set(state):
-        raise CheckpointError(f"--resume: {path} is not a train.py checkpoint (missing model/config/epoch)")
+    keys = {"model", "config", "epoch", "normalization", "rng"}
+    if not isinstance(state, dict) or not keys <= set(state) or not isinstance(state["config"], dict) \
+            or not isinstance(state["epoch"], int) or not _is_normalization(state["normalization"]):
+        raise CheckpointError(f"--resume: {path} is not a train.py checkpoint (it lacks a valid "
+                              f"{'/'.join(sorted(keys))}); give a checkpoint.pt written by train.py")
     return state
+
+
+def _is_normalization(value) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(value.get(k), list) and len(value[k]) == 3 and all(isinstance(v, float) for v in value[k])
+        for k in ("mean", "std"))
 
 
 def existing_run_files(save_dir: str) -> list:
@@ -127,7 +140,10 @@ def existing_run_files(save_dir: str) -> list:
 
 
 def check_save_dir(save_dir: str, overwrite: bool, resuming: bool) -> None:
-    """Refuse to clobber an existing run or to start a run that could not be saved; writes nothing."""
+    """Refuse to clobber an existing run or to start a run that could not be saved; writes nothing.
+
+    `resuming`: save_dir is the folder of the checkpoint being resumed, whose files may be replaced.
+    """
     found = existing_run_files(save_dir) if os.path.isdir(save_dir) else []
     if found and not (overwrite or resuming):
         raise ConfigError(f"--save-dir {save_dir} already holds a run ({', '.join(found)}); "

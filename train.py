@@ -17,16 +17,12 @@ import time
 import numpy as np
 import torch
 
-from config import FIELDS, SETTINGS_THAT_DEFINE_A_RUN, Config, ConfigError, fail, parse_args, resolve, to_dict
+from config import FIELDS, RUNTIME_SETTINGS, Config, ConfigError, fail, parse_args, resolve, to_dict
 from data import load_dataset
-from engine import build_optimizer, build_scheduler, evaluate, train_one_epoch
+from engine import build_optimizer, build_scheduler, evaluate, recalibrate_bn, train_one_epoch
 from resnet import build_model, count_parameters, freeze
 from runfiles import (RUN_FILES, CheckpointError, check_save_dir, checkpoint_path, load_checkpoint, rng_state,
                       save_checkpoint, set_rng_state, summarize, write_history, write_json)
-
-# settings that only say where or how to run, so --resume may change them freely
-RUNTIME_SETTINGS = ("resume", "evaluate", "save_dir", "data_dir", "cache_dir", "workers", "device", "download",
-                    "no_progress", "print_freq", "overwrite", "config", "save_every", "epochs")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -52,11 +48,20 @@ def resume_config(checkpoint: dict, cli: Config, given: set) -> Config:
         values["optimizer"] = "lbfgs" if cli.use_lbfgs else "sgd"
     values["use_lbfgs"] = None  # resolve() sets it from the optimizer
     merged = resolve(Config(**values), given)
-    for name in SETTINGS_THAT_DEFINE_A_RUN:
-        if getattr(merged, name) != saved.get(name):
-            raise ConfigError(f"--{name.replace('_', '-')} {getattr(merged, name)} conflicts with the checkpoint's "
-                              f"{saved.get(name)}; drop the flag to resume, or start a new run with --save-dir")
+    for name in saved:
+        if name not in RUNTIME_SETTINGS and getattr(merged, name) != saved[name]:
+            flag = "--optimizer" if name == "use_lbfgs" else f"--{name.replace('_', '-')}"
+            raise ConfigError(f"{flag} {getattr(merged, name)} conflicts with the checkpoint's {saved[name]}; "
+                              f"drop the flag to resume, or start a new run with another --save-dir")
+    if merged.schedule == "cosine" and merged.epochs != saved["epochs"]:
+        raise ConfigError("--epochs cannot change the length of a cosine schedule on --resume; start a new run")
     return merged
+
+
+def resuming_in_place(cfg: Config, checkpoint) -> bool:
+    """True when the run folder is the resumed checkpoint's own folder (its files may be replaced)."""
+    return checkpoint is not None and os.path.realpath(cfg.save_dir) == os.path.realpath(
+        os.path.dirname(checkpoint_path(cfg.resume)))
 
 
 def default_save_dir(cfg: Config) -> str:
@@ -80,6 +85,8 @@ def run_epoch(epoch, model, optimizer, scheduler, cfg, dataset_on_device, stats,
     lr = optimizer.param_groups[0]["lr"] if optimizer is not None else 0.0
     train = train_one_epoch(model, optimizer, cfg, dataset_on_device["train"], stats, generator, epoch)
     row = {"epoch": epoch, "lr": lr, "train_loss": train["loss"], "train_acc": train["acc"]}
+    if cfg.bn_recalibrate:
+        recalibrate_bn(model, dataset_on_device["train"][0], stats, cfg.bn_recalibrate)
     for split in ("val", "test"):
         if split in dataset_on_device:
             metrics = evaluate(model, dataset_on_device[split], stats)
@@ -96,6 +103,8 @@ def main(argv=None) -> int:
         return run(*parse_args(argv))
     except ConfigError as e:
         fail(str(e))
+    except KeyboardInterrupt:  # every run file is replaced atomically: the last saved epoch is intact
+        fail("interrupted; continue from the last saved epoch with --resume RUN_DIR", status=130)
 
 
 @dataclasses.dataclass
@@ -126,7 +135,7 @@ def run(cfg: Config, given: set) -> int:
     device = resolve_device(cfg.device)
     if not cfg.evaluate:
         cfg.save_dir = cfg.save_dir or default_save_dir(cfg)
-        check_save_dir(cfg.save_dir, cfg.overwrite, resuming=checkpoint is not None)
+        check_save_dir(cfg.save_dir, cfg.overwrite, resuming=resuming_in_place(cfg, checkpoint))
     experiment = build_experiment(cfg, device, checkpoint)
     if cfg.evaluate:
         if "test" not in experiment.splits:
@@ -134,7 +143,7 @@ def run(cfg: Config, given: set) -> int:
         metrics = evaluate(experiment.model, experiment.splits["test"], experiment.stats)
         print(f"test_loss {metrics['loss']:.4f} test_acc {metrics['acc']:.2f}")
         return 0
-    prepare_save_dir(cfg, device, resuming=checkpoint is not None)
+    prepare_save_dir(cfg, device, resuming=resuming_in_place(cfg, checkpoint))
     return train(cfg, experiment, device)
 
 
@@ -152,7 +161,7 @@ def build_experiment(cfg: Config, device: torch.device, checkpoint) -> Experimen
     normalization = {"mean": list(dataset.mean), "std": list(dataset.std)}
     history, start_epoch = [], 1
     if checkpoint is not None:
-        normalization = restore(checkpoint, model, optimizer, scheduler, generator)
+        normalization = restore(checkpoint, model, optimizer, scheduler, None if cfg.evaluate else generator)
         history, start_epoch = list(checkpoint.get("history", [])), checkpoint["epoch"] + 1
     stats = tuple(torch.tensor(normalization[k], device=device).view(3, 1, 1) for k in ("mean", "std"))
     splits = {name: (images.to(device), labels.to(device)) for name, (images, labels) in dataset.splits.items()}
@@ -198,8 +207,11 @@ def restore(checkpoint: dict, model, optimizer, scheduler, generator) -> dict:
             optimizer.load_state_dict(checkpoint["optimizer"])
         if scheduler is not None and checkpoint.get("scheduler"):
             scheduler.load_state_dict(checkpoint["scheduler"])
-        set_rng_state(checkpoint["rng"], generator)
-    except (RuntimeError, KeyError, ValueError, TypeError) as e:
+        if generator is not None:  # None: only evaluating, no random numbers needed
+            set_rng_state(checkpoint["rng"], generator)
+    except CheckpointError:
+        raise
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as e:
         raise CheckpointError(f"--resume: the checkpoint does not match this model or run "
                               f"({str(e).splitlines()[0][:120]}); resume with the settings it was made with") from None
     return checkpoint["normalization"]

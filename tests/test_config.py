@@ -72,6 +72,7 @@ def test_config_file_unknown_key(tmp_path):
     (["--train-size", "0"], ["--train-size"]),
     (["--evaluate"], ["--resume"]),
     (["--device", "tpu"], ["--device"]),
+    (["--seed", "-1"], ["--seed"]),
 ])
 def test_bad_values_exit_2_with_one_line(args, words, tmp_path, capsys):
     import train
@@ -89,6 +90,21 @@ def test_bad_flag_in_a_real_process_has_no_traceback(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_config_dataclass_has_help_for_every_flag():
+def test_config_file_aliases_and_empty_values(tmp_path):
+    path = tmp_path / "settings.json"
+    path.write_text('{"wd": 0.0, "use-lbfgs": "yes", "train_size": null}')
+    cfg, _ = parse_args(["--config", str(path)])
+    assert cfg.weight_decay == 0.0 and cfg.optimizer == "lbfgs" and cfg.train_size is None
+    path.write_text('{"epochs": null}')
+    with pytest.raises(ConfigError, match="epochs in --config file is empty"):
+        parse_args(["--config", str(path)])
+
+
+def test_help_lists_every_setting(capsys):
     import dataclasses
-    assert all(f.metadata.get("help") for f in dataclasses.fields(Config))
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for f in dataclasses.fields(Config):
+        assert "--" + f.name.replace("_", "-") in text, f.name

@@ -161,6 +161,26 @@ def test_resume_errors(tiny_run, tmp_path):
     assert_one_line_error(run_train("--resume", folder, "--use-lbfgs", "true"), "lbfgs")
 
 
+def test_resume_refuses_changed_settings_and_foreign_folders(tiny_run, tmp_path):
+    folder, _ = tiny_run
+    assert_one_line_error(run_train("--resume", folder, "--lr", "0.5"), "--lr 0.5", "0.1")
+    assert_one_line_error(run_train("--resume", folder, "--val-split", "10"), "--val-split")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "history.csv").write_text("epoch\n1\n")
+    result = run_train("--resume", folder, "--epochs", "3", "--save-dir", other)
+    assert_one_line_error(result, "already holds a run")
+    assert (other / "history.csv").read_text() == "epoch\n1\n"
+
+
+def test_resume_of_a_damaged_checkpoint(tiny_run, tmp_path):
+    folder, _ = tiny_run
+    state = torch.load(folder / "checkpoint.pt", weights_only=True)
+    state["normalization"] = {"mean": [0.5], "std": [0.2]}
+    torch.save(state, tmp_path / "damaged.pt")
+    assert_one_line_error(run_train("--resume", tmp_path / "damaged.pt", "-e"), "not a train.py checkpoint")
+
+
 class Hostile:
     def __init__(self, marker):
         self.marker = marker
@@ -189,3 +209,24 @@ def test_missing_cuda_is_an_error(tmp_path):
     result = run_train(*TINY, "--device", "cuda", "--save-dir", tmp_path / "run")
     assert_one_line_error(result, "CUDA is not available")
     assert not (tmp_path / "run").exists()
+
+
+def test_bn_recalibration_is_the_plain_average_over_fixed_images():
+    from engine import recalibrate_bn
+    torch.manual_seed(0)
+    model = build_model("resnet20").train()
+    images = torch.randint(0, 256, (100, 3, 32, 32), dtype=torch.uint8)
+    stats = (torch.full((3, 1, 1), 0.5), torch.full((3, 1, 1), 0.25))
+    model(torch.randn(4, 3, 32, 32) * 5)  # move the running averages away from anything sensible
+    recalibrate_bn(model, images, stats, count=64, batch_size=16)
+    order = torch.randperm(100, generator=torch.Generator().manual_seed(0))[:64]
+    with torch.no_grad():
+        expected = model.conv1((images[order].float() / 255 - 0.5) / 0.25).mean(dim=(0, 2, 3))
+    assert torch.allclose(model.bn1.running_mean, expected, atol=1e-5)
+    assert model.bn1.momentum == 0.1 and model.training
+
+
+def test_bn_recalibration_defaults_follow_the_optimizer():
+    assert parse_args(["--use-lbfgs", "true"])[0].bn_recalibrate == 4096
+    assert parse_args([])[0].bn_recalibrate == 0
+    assert parse_args(["--use-lbfgs", "true", "--bn-recalibrate", "0"])[0].bn_recalibrate == 0
