@@ -282,8 +282,6 @@ def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> to
     return (images.float() / 255 - mean) / std
 
 
-def batch_indices(n: int, batch_size: int, generator: torch.Generator, shuffle: bool = True) -> list:
+def batch_indices(n: int, batch_size: int, generator: torch.Generator) -> list:
     """Index tensors of the batches of one epoch: a seeded permutation cut into batch_size pieces."""
-    device = generator.device
-    order = torch.randperm(n, generator=generator, device=device) if shuffle else torch.arange(n, device=device)
-    return list(order.split(batch_size))
+    return list(torch.randperm(n, generator=generator, device=generator.device).split(batch_size))

@@ -104,11 +104,14 @@ resnet110 = _constructor(110)
 resnet1202 = _constructor(1202)
 
 
+CONSTRUCTORS = {f.__name__: f for f in (resnet20, resnet32, resnet44, resnet56, resnet110, resnet1202)}
+
+
 def build_model(arch: str, num_classes: int = 10, width: int = 1, bn_init: str = "uniform") -> ResNet:
     """The ResNet named `arch` (one of DEPTHS)."""
-    if arch not in DEPTHS:
+    if arch not in CONSTRUCTORS:
         raise ValueError(f"unknown arch: {arch}")
-    return ResNet((DEPTHS[arch] - 2) // 6, num_classes, width, bn_init)
+    return CONSTRUCTORS[arch](num_classes, width, bn_init)
 
 
 def is_batchnorm(module: nn.Module) -> bool:

@@ -43,11 +43,6 @@ def write_json(path: str, data: dict) -> None:
     atomic_write(path, lambda fh: fh.write(text.encode()))
 
 
-def history_columns(rows: list) -> list:
-    """Column order of history.csv: the keys of the first row (every row has the same keys)."""
-    return list(rows[0]) if rows else []
-
-
 def format_value(value) -> str:
     # repr gives the shortest text that reads back to the same float: resumed runs compare to the digit
     return repr(value) if isinstance(value, float) else str(value)
@@ -57,17 +52,10 @@ def write_history(path: str, rows: list) -> None:
     """history.csv: one row per epoch, columns from the row dicts."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(history_columns(rows))
+    writer.writerow(list(rows[0]) if rows else [])  # every row has the same keys
     for row in rows:
         writer.writerow([format_value(v) for v in row.values()])
     atomic_write(path, lambda fh: fh.write(buffer.getvalue().encode()))
-
-
-def read_history(path: str) -> list:
-    """history.csv back as a list of row dicts of floats (ints for epoch and passes)."""
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    return [{k: (int(v) if k in ("epoch", "passes") else float(v)) for k, v in row.items()} for row in rows]
 
 
 def save_checkpoint(path: str, state: dict) -> None:

@@ -230,3 +230,10 @@ def test_bn_recalibration_defaults_follow_the_optimizer():
     assert parse_args(["--use-lbfgs", "true"])[0].bn_recalibrate == 4096
     assert parse_args([])[0].bn_recalibrate == 0
     assert parse_args(["--use-lbfgs", "true", "--bn-recalibrate", "0"])[0].bn_recalibrate == 0
+
+
+def test_synthetic_classes_are_learnable_within_an_epoch(tmp_path):
+    result = run_train("--dataset", "synthetic", "-a", "resnet20", "-t", "all", "--epochs", "1", "--no-progress",
+                       "--bn-recalibrate", "1024", "--save-dir", tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    assert float(read_csv(tmp_path / "run" / "history.csv")[0]["test_acc"]) > 30  # chance is 10 %
