@@ -217,8 +217,13 @@ def subset(images, labels, size: int, name: str):
     """The first `size` items of a fixed seeded permutation."""
     if size > len(labels):
         raise DataError(f"--{name}-size {size} is larger than the {len(labels)} {name} images available")
-    index = torch.randperm(len(labels), generator=torch.Generator().manual_seed(SUBSET_SEED))[:size]
+    index = fixed_subset_index(len(labels), size)
     return images[index], labels[index]
+
+
+def fixed_subset_index(n: int, count: int) -> torch.Tensor:
+    """The first `count` of a permutation of range(n) that is the same in every run, whatever --seed."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(SUBSET_SEED))[:count]
 
 
 def stratified_split(labels: torch.Tensor, n_val: int, seed: int):

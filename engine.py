@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from data import augment, batch_indices, normalize
+from data import augment, batch_indices, fixed_subset_index, normalize
 from resnet import is_batchnorm
 
 
@@ -127,7 +127,7 @@ def recalibrate_bn(model, images: torch.Tensor, stats, count: int, batch_size: i
     whenever it is computed and consumes no random numbers of the run.
     """
     mean, std = stats
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:count].to(images.device)
+    order = fixed_subset_index(len(images), count).to(images.device)
     batches = (normalize(images[order[s:s + batch_size]], mean, std) for s in range(0, len(order), batch_size))
     torch.optim.swa_utils.update_bn(batches, model)
 

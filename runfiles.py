@@ -74,9 +74,10 @@ def rng_state(generator: torch.Generator) -> dict:
 
 def set_rng_state(state: dict, generator: torch.Generator) -> None:
     """Restore what rng_state saved."""
-    if state.get("data_device", "cpu") != generator.device.type:
-        raise CheckpointError(f"--resume: the run's data order was drawn on {state.get('data_device', 'cpu')}; "
-                              f"resume it with --device {state.get('data_device', 'cpu')} (-e works on any device)")
+    drawn_on = state.get("data_device", "cpu")
+    if drawn_on != generator.device.type:
+        raise CheckpointError(f"--resume: the run's data order was drawn on {drawn_on}; "
+                              f"resume it with --device {drawn_on} (-e works on any device)")
     torch.set_rng_state(state["torch"])
     generator.set_state(state["data"])
     version, internal, gauss = state["python"]

@@ -135,7 +135,8 @@ def run(cfg: Config, given: set) -> int:
     device = resolve_device(cfg.device)
     if not cfg.evaluate:
         cfg.save_dir = cfg.save_dir or default_save_dir(cfg)
-        check_save_dir(cfg.save_dir, cfg.overwrite, resuming=resuming_in_place(cfg, checkpoint))
+        in_place = resuming_in_place(cfg, checkpoint)
+        check_save_dir(cfg.save_dir, cfg.overwrite, resuming=in_place)
     experiment = build_experiment(cfg, device, checkpoint)
     if cfg.evaluate:
         if "test" not in experiment.splits:
@@ -143,7 +144,7 @@ def run(cfg: Config, given: set) -> int:
         metrics = evaluate(experiment.model, experiment.splits["test"], experiment.stats)
         print(f"test_loss {metrics['loss']:.4f} test_acc {metrics['acc']:.2f}")
         return 0
-    prepare_save_dir(cfg, device, resuming=resuming_in_place(cfg, checkpoint))
+    prepare_save_dir(cfg, device, resuming=in_place)
     return train(cfg, experiment, device)
 
 
