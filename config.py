@@ -17,6 +17,7 @@ from typing import Optional
 ARCHS = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet1202")
 TRAINABLE = ("all", "bn", "bn+fc", "fc", "none")
 OPTIMIZERS = ("sgd", "lbfgs")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEFAULT_LR = {"sgd": 0.1, "lbfgs": 1.0}  # used when --lr is not given
 DEFAULT_BN_RECALIBRATE = {"sgd": 0, "lbfgs": 4096}  # images; used when --bn-recalibrate is not given
 
@@ -102,6 +103,18 @@ class Config:
     workers: int = field(default=min(4, os.cpu_count() or 1), metadata=_flag(
         "processes decoding imagefolder images", "-j"))
     device: str = field(default="auto", metadata=_flag("auto | cpu | cuda | cuda:N | mps (auto: cuda, mps, cpu)"))
+    # speed
+    precision: str = field(default="auto", metadata=_flag(
+        "arithmetic of convolutions and matmuls: fp32, or bf16/fp16 autocast (BatchNorm statistics, parameters "
+        "and the loss stay fp32); auto: bf16 on a CPU with native bf16 (accuracy parity measured, see "
+        "BENCHMARKS.md), fp32 elsewhere", choices=PRECISIONS))
+    half: Optional[bool] = field(default=None, metadata=_flag(
+        "shorthand for --precision fp16 (the original project's flag)", action="store_true"))
+    channels_last: bool = field(default=True, metadata=_flag(
+        "keep images and activations in channels-last (NHWC) memory layout", type=str2bool, metavar="BOOL"))
+    compile: bool = field(default=False, metadata=_flag(
+        "torch.compile the model (slower on the CPU, where it is off by default: see BENCHMARKS.md)",
+        type=str2bool, metavar="BOOL"))
     # run folder
     save_dir: Optional[str] = field(default=None, metadata=_flag(
         "run folder (default runs/<arch>_<optimizer>_<trainable>_<timestamp>)"))
@@ -221,6 +234,11 @@ def resolve(cfg: Config, given: set) -> Config:
             raise ConfigError(f"--use-lbfgs {cfg.use_lbfgs} contradicts --optimizer {cfg.optimizer}; give one of them")
         cfg.optimizer = wanted
     cfg.use_lbfgs = cfg.optimizer == "lbfgs"
+    if cfg.half:
+        if "precision" in given and cfg.precision != "fp16":
+            raise ConfigError(f"--half contradicts --precision {cfg.precision}; give one of them")
+        cfg.precision = "fp16"
+    cfg.half = cfg.precision == "fp16"
     if cfg.lr is None:
         cfg.lr = DEFAULT_LR[cfg.optimizer]
     if cfg.bn_recalibrate is None:
@@ -254,6 +272,8 @@ def validate(cfg: Config) -> None:
     if cfg.schedule == "multistep":
         require(all(m >= 1 for m in cfg.milestones) and cfg.milestones == sorted(cfg.milestones),
                 f"--milestones must be increasing epochs >= 1, got {cfg.milestones}")
+    require(not (cfg.precision == "fp16" and cfg.optimizer == "lbfgs"),
+            "--precision fp16 needs loss scaling, which L-BFGS's line search cannot use; use --precision bf16 or fp32")
     require(cfg.evaluate is False or cfg.resume, "--evaluate needs --resume PATH (the checkpoint to evaluate)")
     device = cfg.device
     require(device in ("auto", "cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit()),

@@ -1,5 +1,6 @@
 """One epoch of training (SGD or L-BFGS), evaluation, and the optimizer and schedule factories."""
 
+import dataclasses
 import time
 
 import torch
@@ -8,6 +9,53 @@ from tqdm import tqdm
 
 from data import augment, batch_indices, fixed_subset_index, normalize
 from resnet import is_batchnorm
+
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# --precision auto, per device type: bf16 only where its accuracy parity with fp32 was measured (BENCHMARKS.md)
+AUTO_PRECISION = {"cpu": "bf16"}
+
+
+def cpu_has_native_bf16() -> bool:
+    """True on x86 CPUs with AVX512-BF16 or AMX (bf16 elsewhere is emulated and slower than fp32)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((line for line in fh if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The precision `auto` stands for on this device; explicit settings are kept."""
+    if precision != "auto":
+        return precision
+    wanted = AUTO_PRECISION.get(device.type, "fp32")
+    if wanted == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        return "fp32"
+    return wanted
+
+
+@dataclasses.dataclass(frozen=True)
+class Compute:
+    """How the arithmetic runs: the device, the autocast precision and the activation memory layout."""
+    device: torch.device
+    precision: str = "fp32"  # fp32 | bf16 | fp16, already resolved
+    channels_last: bool = False
+
+    def autocast(self):
+        """bf16/fp16 convolutions and matmuls; BatchNorm keeps fp32 statistics and parameters, the loss is fp32."""
+        dtype = AUTOCAST_DTYPES.get(self.precision, torch.bfloat16)
+        return torch.autocast(self.device.type, dtype=dtype, enabled=self.precision in AUTOCAST_DTYPES)
+
+    def inputs(self, images: torch.Tensor, stats) -> torch.Tensor:
+        """uint8 images -> normalised float model input, in the chosen memory layout."""
+        x = normalize(images, *stats)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def grad_scaler(self):
+        """Loss scaling for fp16 (a pass-through otherwise)."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
 
 
 def build_optimizer(cfg, params: list):
@@ -51,7 +99,7 @@ def l2_penalty(params: list, weight_decay: float):
     return 0.5 * weight_decay * sum((p * p).sum() for p in params)
 
 
-def lbfgs_step(model, optimizer, images, labels, weight_decay: float) -> dict:
+def lbfgs_step(model, optimizer, images, labels, weight_decay: float, compute: Compute) -> dict:
     """One L-BFGS step on a fixed batch; BN running statistics move once, from the first forward pass.
 
     The reported loss is the cross-entropy of that first pass (without the L2 term), as SGD reports it.
@@ -63,8 +111,9 @@ def lbfgs_step(model, optimizer, images, labels, weight_decay: float) -> dict:
     def closure():
         nonlocal passes
         optimizer.zero_grad(set_to_none=True)
-        logits = model(images)
-        cross_entropy = F.cross_entropy(logits, labels)
+        with compute.autocast():
+            logits = model(images)
+            cross_entropy = F.cross_entropy(logits, labels)
         loss = cross_entropy + l2_penalty(params, weight_decay)
         loss.backward()
         passes += 1
@@ -77,22 +126,27 @@ def lbfgs_step(model, optimizer, images, labels, weight_decay: float) -> dict:
     return {"loss": first["loss"], "correct": first["correct"], "passes": passes}
 
 
-def sgd_step(model, optimizer, images, labels) -> dict:
+def sgd_step(model, optimizer, images, labels, compute: Compute, scaler) -> dict:
     """One forward/backward/step; with no optimizer only the forward pass (BN statistics still move)."""
-    with torch.set_grad_enabled(optimizer is not None):
+    with torch.set_grad_enabled(optimizer is not None), compute.autocast():
         logits = model(images)
         loss = F.cross_entropy(logits, labels)
     if optimizer is not None:
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
     return {"loss": loss.detach(), "correct": (logits.argmax(1) == labels).sum(), "passes": 1}
 
 
-def train_one_epoch(model, optimizer, cfg, train_split, stats, generator, epoch: int) -> dict:
-    """Train on every image once, in a seeded order with batched augmentation; returns the epoch's means."""
+def train_one_epoch(model, optimizer, cfg, train_split, stats, generator, epoch: int, compute: Compute,
+                    scaler=None) -> dict:
+    """Train on every image once, in a seeded order with batched augmentation; returns the epoch's means.
+
+    Nothing in the loop waits for the device: losses and counts are summed on it and read once at the end.
+    """
     images, labels = train_split  # (N, 3, H, W) uint8 and (N,) int64, on the training device
-    mean, std = stats
+    scaler = scaler or compute.grad_scaler()
     lbfgs = cfg.optimizer == "lbfgs" and optimizer is not None
     batch_size = cfg.lbfgs_batch_size if lbfgs else cfg.batch_size
     model.train()
@@ -103,9 +157,12 @@ def train_one_epoch(model, optimizer, cfg, train_split, stats, generator, epoch:
     bar = tqdm(total=len(labels), unit="img", unit_scale=True, leave=False, desc=f"epoch {epoch}",
                disable=cfg.no_progress, dynamic_ncols=True)
     for step, index in enumerate(batch_indices(len(labels), batch_size, generator)):
-        x = normalize(augment(images[index], generator), mean, std)
+        x = compute.inputs(augment(images[index], generator), stats)
         y = labels[index]
-        result = lbfgs_step(model, optimizer, x, y, cfg.weight_decay) if lbfgs else sgd_step(model, optimizer, x, y)
+        if lbfgs:
+            result = lbfgs_step(model, optimizer, x, y, cfg.weight_decay, compute)
+        else:
+            result = sgd_step(model, optimizer, x, y, compute, scaler)
         loss_sum += result["loss"].double() * len(y)
         correct += result["correct"]
         passes += result["passes"]
@@ -120,29 +177,29 @@ def train_one_epoch(model, optimizer, cfg, train_split, stats, generator, epoch:
 
 
 @torch.no_grad()
-def recalibrate_bn(model, images: torch.Tensor, stats, count: int, batch_size: int = 512) -> None:
+def recalibrate_bn(model, images: torch.Tensor, stats, count: int, compute: Compute, batch_size: int = 512) -> None:
     """Reset BN running statistics to the plain average over `count` fixed training images (train mode).
 
     The images are the first `count` of a fixed permutation, un-augmented, so the result is the same
     whenever it is computed and consumes no random numbers of the run.
     """
-    mean, std = stats
     order = fixed_subset_index(len(images), count).to(images.device)
-    batches = (normalize(images[order[s:s + batch_size]], mean, std) for s in range(0, len(order), batch_size))
-    torch.optim.swa_utils.update_bn(batches, model)
+    batches = (compute.inputs(images[order[s:s + batch_size]], stats) for s in range(0, len(order), batch_size))
+    with compute.autocast():
+        torch.optim.swa_utils.update_bn(batches, model)
 
 
-@torch.no_grad()
-def evaluate(model, split, stats, batch_size: int = 1024) -> dict:
+@torch.inference_mode()
+def evaluate(model, split, stats, compute: Compute, batch_size: int = 1024) -> dict:
     """Mean cross-entropy and accuracy (%) over a whole split, in eval mode."""
     images, labels = split
-    mean, std = stats
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=labels.device)
     correct = torch.zeros((), dtype=torch.int64, device=labels.device)
     for start in range(0, len(labels), batch_size):
-        logits = model(normalize(images[start:start + batch_size], mean, std))
+        with compute.autocast():
+            logits = model(compute.inputs(images[start:start + batch_size], stats))
         y = labels[start:start + batch_size]
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
         correct += (logits.argmax(1) == y).sum()
     return {"loss": loss_sum.item() / len(labels), "acc": 100.0 * correct.item() / len(labels)}

@@ -19,7 +19,8 @@ import torch
 
 from config import FIELDS, RUNTIME_SETTINGS, Config, ConfigError, fail, parse_args, resolve, to_dict
 from data import load_dataset
-from engine import build_optimizer, build_scheduler, evaluate, recalibrate_bn, train_one_epoch
+from engine import (Compute, build_optimizer, build_scheduler, evaluate, recalibrate_bn, resolve_precision,
+                    train_one_epoch)
 from resnet import build_model, count_parameters, freeze
 from runfiles import (RUN_FILES, CheckpointError, check_save_dir, checkpoint_path, load_checkpoint, rng_state,
                       save_checkpoint, set_rng_state, summarize, write_history, write_json)
@@ -46,11 +47,13 @@ def resume_config(checkpoint: dict, cli: Config, given: set) -> Config:
     values = {**saved, **{name: getattr(cli, name) for name in given}}
     if "use_lbfgs" in given and "optimizer" not in given:
         values["optimizer"] = "lbfgs" if cli.use_lbfgs else "sgd"
-    values["use_lbfgs"] = None  # resolve() sets it from the optimizer
+    if "half" in given and "precision" not in given:
+        values["precision"] = "fp16"
+    values["use_lbfgs"] = values["half"] = None  # resolve() sets them from the optimizer and the precision
     merged = resolve(Config(**values), given)
     for name in saved:
         if name not in RUNTIME_SETTINGS and getattr(merged, name) != saved[name]:
-            flag = "--optimizer" if name == "use_lbfgs" else f"--{name.replace('_', '-')}"
+            flag = {"use_lbfgs": "--optimizer", "half": "--precision"}.get(name, f"--{name.replace('_', '-')}")
             raise ConfigError(f"{flag} {getattr(merged, name)} conflicts with the checkpoint's {saved[name]}; "
                               f"drop the flag to resume, or start a new run with another --save-dir")
     if merged.schedule == "cosine" and merged.epochs != saved["epochs"]:
@@ -79,22 +82,25 @@ def epoch_line(row: dict, epochs: int) -> str:
     return " | ".join(parts)
 
 
-def run_epoch(epoch, model, optimizer, scheduler, cfg, dataset_on_device, stats, generator) -> dict:
+def run_epoch(epoch: int, cfg: Config, ex: "Experiment") -> dict:
     """Train one epoch, evaluate every held-out split, step the schedule; returns the history row."""
     start = time.perf_counter()
-    lr = optimizer.param_groups[0]["lr"] if optimizer is not None else 0.0
-    train = train_one_epoch(model, optimizer, cfg, dataset_on_device["train"], stats, generator, epoch)
+    lr = ex.optimizer.param_groups[0]["lr"] if ex.optimizer is not None else 0.0
+    train = train_one_epoch(ex.model, ex.optimizer, cfg, ex.splits["train"], ex.stats, ex.generator, epoch,
+                            ex.compute, ex.scaler)
     row = {"epoch": epoch, "lr": lr, "train_loss": train["loss"], "train_acc": train["acc"]}
+    eval_start = time.perf_counter()
     if cfg.bn_recalibrate:
-        recalibrate_bn(model, dataset_on_device["train"][0], stats, cfg.bn_recalibrate)
+        recalibrate_bn(ex.model, ex.splits["train"][0], ex.stats, cfg.bn_recalibrate, ex.compute)
     for split in ("val", "test"):
-        if split in dataset_on_device:
-            metrics = evaluate(model, dataset_on_device[split], stats)
+        if split in ex.splits:
+            metrics = evaluate(ex.model, ex.splits[split], ex.stats, ex.compute)
             row[f"{split}_loss"], row[f"{split}_acc"] = metrics["loss"], metrics["acc"]
-    if scheduler is not None:
-        scheduler.step()
-    row.update(epoch_seconds=time.perf_counter() - start, images_per_second=train["images_per_second"],
-               passes=train["passes"])
+    if ex.scheduler is not None:
+        ex.scheduler.step()
+    end = time.perf_counter()
+    row.update(epoch_seconds=end - start, eval_seconds=end - eval_start,
+               images_per_second=train["images_per_second"], passes=train["passes"])
     return row
 
 
@@ -115,6 +121,8 @@ class Experiment:
     optimizer: object
     scheduler: object
     generator: torch.Generator  # data order and augmentation
+    compute: Compute  # device, precision, memory layout
+    scaler: object  # fp16 loss scaling (a pass-through otherwise)
     splits: dict  # name -> (images (N,3,H,W) uint8, labels (N,) int64) on the device
     stats: tuple  # normalisation mean and std, (3, 1, 1) tensors on the device
     normalization: dict  # the same as plain lists, for the checkpoint
@@ -141,10 +149,10 @@ def run(cfg: Config, given: set) -> int:
     if cfg.evaluate:
         if "test" not in experiment.splits:
             raise ConfigError(f"--evaluate: the {cfg.dataset} data in {cfg.data_dir} has no test split")
-        metrics = evaluate(experiment.model, experiment.splits["test"], experiment.stats)
+        metrics = evaluate(experiment.model, experiment.splits["test"], experiment.stats, experiment.compute)
         print(f"test_loss {metrics['loss']:.4f} test_acc {metrics['acc']:.2f}")
         return 0
-    prepare_save_dir(cfg, device, resuming=in_place)
+    prepare_save_dir(cfg, experiment.compute, resuming=in_place)
     return train(cfg, experiment, device)
 
 
@@ -155,18 +163,24 @@ def build_experiment(cfg: Config, device: torch.device, checkpoint) -> Experimen
     np.random.seed(cfg.seed)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     dataset = load_dataset(cfg)
+    compute = Compute(device, resolve_precision(cfg.precision, device), cfg.channels_last)
     model = build_model(cfg.arch, dataset.num_classes, cfg.width, cfg.bn_init).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     params = freeze(model, cfg.trainable)
     optimizer = build_optimizer(cfg, params)
     scheduler = build_scheduler(cfg, optimizer)
+    scaler = compute.grad_scaler()
     normalization = {"mean": list(dataset.mean), "std": list(dataset.std)}
     history, start_epoch = [], 1
     if checkpoint is not None:
-        normalization = restore(checkpoint, model, optimizer, scheduler, None if cfg.evaluate else generator)
+        normalization = restore(checkpoint, model, optimizer, scheduler, scaler, None if cfg.evaluate else generator)
         history, start_epoch = list(checkpoint.get("history", [])), checkpoint["epoch"] + 1
     stats = tuple(torch.tensor(normalization[k], device=device).view(3, 1, 1) for k in ("mean", "std"))
     splits = {name: (images.to(device), labels.to(device)) for name, (images, labels) in dataset.splits.items()}
-    return Experiment(model, params, optimizer, scheduler, generator, splits, stats, normalization,
+    if cfg.compile:
+        model.compile()  # in place: the state_dict keys stay those of the plain model
+    return Experiment(model, params, optimizer, scheduler, generator, compute, scaler, splits, stats, normalization,
                       dataset.num_classes, history, start_epoch)
 
 
@@ -174,12 +188,13 @@ def train(cfg: Config, ex: Experiment, device: torch.device) -> int:
     """The epoch loop: train, evaluate, and write the run files after every epoch."""
     total, trainable = count_parameters(ex.model), sum(p.numel() for p in ex.params)
     print(f"{cfg.arch} x{cfg.width}: {trainable:,} of {total:,} parameters trainable ({cfg.trainable}), "
-          f"{cfg.optimizer}, {len(ex.splits['train'][1]):,} training images, device {device}, "
+          f"{cfg.optimizer}, {len(ex.splits['train'][1]):,} training images, device {device} "
+          f"({ex.compute.precision}{', channels-last' if cfg.channels_last else ''}), "
           f"run folder {cfg.save_dir}", flush=True)
     if "test" not in ex.splits and "val" not in ex.splits:
         print("note: no test split and no --val-split: only training metrics are recorded", file=sys.stderr)
     for epoch in range(ex.start_epoch, cfg.epochs + 1):
-        row = run_epoch(epoch, ex.model, ex.optimizer, ex.scheduler, cfg, ex.splits, ex.stats, ex.generator)
+        row = run_epoch(epoch, cfg, ex)
         print(epoch_line(row, cfg.epochs), flush=True)
         if not np.isfinite(row["train_loss"]):
             fail(f"the training loss is not finite at epoch {epoch}; lower --lr "
@@ -195,12 +210,13 @@ def train(cfg: Config, ex: Experiment, device: torch.device) -> int:
 def checkpoint_state(cfg: Config, ex: Experiment, epoch: int) -> dict:
     """The one dict saved as checkpoint.pt (plain tensors and containers only)."""
     return {"model": ex.model.state_dict(), "optimizer": ex.optimizer.state_dict() if ex.optimizer else None,
-            "scheduler": ex.scheduler.state_dict() if ex.scheduler else None, "epoch": epoch,
+            "scheduler": ex.scheduler.state_dict() if ex.scheduler else None, "scaler": ex.scaler.state_dict(),
+            "epoch": epoch,
             "rng": rng_state(ex.generator), "config": to_dict(cfg), "normalization": ex.normalization,
             "history": ex.history, "num_classes": ex.num_classes}
 
 
-def restore(checkpoint: dict, model, optimizer, scheduler, generator) -> dict:
+def restore(checkpoint: dict, model, optimizer, scheduler, scaler, generator) -> dict:
     """Load a checkpoint's states into the freshly built objects; returns its normalisation."""
     try:
         model.load_state_dict(checkpoint["model"])
@@ -208,6 +224,8 @@ def restore(checkpoint: dict, model, optimizer, scheduler, generator) -> dict:
             optimizer.load_state_dict(checkpoint["optimizer"])
         if scheduler is not None and checkpoint.get("scheduler"):
             scheduler.load_state_dict(checkpoint["scheduler"])
+        if checkpoint.get("scaler"):
+            scaler.load_state_dict(checkpoint["scaler"])
         if generator is not None:  # None: only evaluating, no random numbers needed
             set_rng_state(checkpoint["rng"], generator)
     except CheckpointError:
@@ -218,7 +236,7 @@ def restore(checkpoint: dict, model, optimizer, scheduler, generator) -> dict:
     return checkpoint["normalization"]
 
 
-def prepare_save_dir(cfg: Config, device: torch.device, resuming: bool) -> None:
+def prepare_save_dir(cfg: Config, compute: Compute, resuming: bool) -> None:
     """Make the run folder and write config.json; --overwrite first removes the old run's files."""
     os.makedirs(cfg.save_dir, exist_ok=True)
     if cfg.overwrite and not resuming:
@@ -226,7 +244,8 @@ def prepare_save_dir(cfg: Config, device: torch.device, resuming: bool) -> None:
             if os.path.exists(os.path.join(cfg.save_dir, name)):
                 os.remove(os.path.join(cfg.save_dir, name))
     settings = to_dict(cfg)
-    settings.update(world_size=1, global_batch_size=cfg.batch_size, resolved_device=str(device),
+    settings.update(world_size=1, global_batch_size=cfg.batch_size, resolved_device=str(compute.device),
+                    resolved_precision=compute.precision,
                     versions={"torch": torch.__version__, "torchvision": _torchvision_version(),
                               "python": platform.python_version()})
     write_json(os.path.join(cfg.save_dir, "config.json"), settings)

@@ -13,7 +13,7 @@ sys.path.insert(0, str(REPO))
 # A tiny, fast synthetic run: ResNet-20, 256 training and 64 test images.
 TINY = ["--dataset", "synthetic", "-a", "resnet20", "--train-size", "256", "--test-size", "64",
         "-b", "64", "--no-progress"]
-TIMING_COLUMNS = ("epoch_seconds", "images_per_second")
+TIMING_COLUMNS = ("epoch_seconds", "eval_seconds", "images_per_second")
 
 
 def run_train(*args, cwd=REPO, timeout=240):

@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from conftest import REPO, TINY, assert_one_line_error, read_csv, run_train, without_timings
-from engine import bn_buffers, build_optimizer, lbfgs_step, sgd_step
+from engine import Compute, bn_buffers, build_optimizer, lbfgs_step, sgd_step
 from config import parse_args
 from resnet import build_model, freeze
 
+FP32 = Compute(torch.device("cpu"))
 HISTORY_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
-                   "epoch_seconds", "images_per_second", "passes"]
+                   "epoch_seconds", "eval_seconds", "images_per_second", "passes"]
 
 
 def test_run_folder_has_the_four_files(tiny_run):
@@ -110,7 +111,7 @@ def test_lbfgs_moves_bn_statistics_once_per_step():
     images, labels = torch.randn(32, 3, 32, 32), torch.arange(32) % 10
     model.train()
     for step in range(1, 3):
-        result = lbfgs_step(model, optimizer, images, labels, cfg.weight_decay)
+        result = lbfgs_step(model, optimizer, images, labels, cfg.weight_decay, FP32)
         assert result["passes"] > 1  # the line search evaluated the closure several times...
         assert all(m.num_batches_tracked.item() == step for m in model.modules() if hasattr(m, "num_batches_tracked"))
 
@@ -123,7 +124,7 @@ def test_lbfgs_running_mean_equals_one_momentum_update():
     images, labels = torch.randn(16, 3, 32, 32), torch.arange(16) % 10
     model.train()
     batch_mean = model.conv1(images).mean(dim=(0, 2, 3))  # bn1's input does not depend on BN parameters
-    lbfgs_step(model, optimizer, images, labels, 0.0)
+    lbfgs_step(model, optimizer, images, labels, 0.0, FP32)
     assert torch.allclose(model.bn1.running_mean, 0.1 * batch_mean, atol=1e-6)
 
 
@@ -131,7 +132,7 @@ def test_sgd_step_without_optimizer_runs_forward_only():
     model = build_model("resnet20")
     freeze(model, "none")
     before = bn_buffers(model)
-    result = sgd_step(model.train(), None, torch.randn(8, 3, 32, 32), torch.arange(8))
+    result = sgd_step(model.train(), None, torch.randn(8, 3, 32, 32), torch.arange(8), FP32, FP32.grad_scaler())
     assert result["passes"] == 1 and not result["loss"].requires_grad
     assert not torch.equal(before[0], model.bn1.running_mean)
 
@@ -218,7 +219,7 @@ def test_bn_recalibration_is_the_plain_average_over_fixed_images():
     images = torch.randint(0, 256, (100, 3, 32, 32), dtype=torch.uint8)
     stats = (torch.full((3, 1, 1), 0.5), torch.full((3, 1, 1), 0.25))
     model(torch.randn(4, 3, 32, 32) * 5)  # move the running averages away from anything sensible
-    recalibrate_bn(model, images, stats, count=64, batch_size=16)
+    recalibrate_bn(model, images, stats, count=64, compute=FP32, batch_size=16)
     order = torch.randperm(100, generator=torch.Generator().manual_seed(0))[:64]
     with torch.no_grad():
         expected = model.conv1((images[order].float() / 255 - 0.5) / 0.25).mean(dim=(0, 2, 3))

@@ -1,0 +1,303 @@
+"""Benchmark the BN-only trainer against the classic CIFAR recipe on this machine; prints markdown tables.
+
+    python bench.py --data-dir /tmp/cifar10-jpeg              # everything (about 20 minutes on 2 CPU cores)
+    python bench.py --data-dir /tmp/cifar10-jpeg --quick      # a 10,000-image subset, for a first look
+
+DATA_DIR holds train/<class>/*.jpg (e.g. the JPEG CIFAR-10 of ../shared/data). Measured:
+- the matmul peak (fp32 and bf16) and the FLOPs of one training step, so throughput reads as % of the peak;
+- the bare model step on synthetic tensors: the classic eager fp32 NCHW step and this project's default;
+- this project's data path (gather, augmentation, normalisation) per batch, as % of the bare step;
+- whole runs in fresh processes, start-up, data loading, training and evaluation of the validation split
+  all counted: the classic recipe (torchvision ImageFolder + PIL transforms + DataLoader with 2 workers +
+  eager fp32 NCHW, the same model and SGD) against `train.py`, for BN-only and full training, batch 128;
+- L-BFGS against SGD: seconds and forward+backward passes per epoch.
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+from engine import Compute, resolve_precision
+from resnet import build_model, freeze
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+BATCH = 128
+VAL_SPLIT = 5000
+
+
+# ---------------------------------------------------------------- in-process measurements
+
+def best_rate(fn, items: int, repeats: int = 3, calls: int = 10) -> float:
+    """Highest items/second over `repeats` timings of `calls` calls (after one warm-up call)."""
+    fn()
+    best = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = max(best, items * calls / (time.perf_counter() - start))
+    return best
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048) -> float:
+    """GFLOP/s of an n x n matmul."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    return best_rate(lambda: torch.mm(a, b), 2 * n ** 3, repeats=5, calls=3) / 1e9
+
+
+def make_step(trainable: str, compute: Compute):
+    """A training step (SGD, batch 128) on fixed synthetic tensors, as train.py runs it."""
+    torch.manual_seed(0)
+    model = build_model("resnet32")
+    if compute.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(freeze(model, trainable), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    x = torch.randn(BATCH, 3, 32, 32)
+    x = x.contiguous(memory_format=torch.channels_last) if compute.channels_last else x
+    y = torch.randint(0, 10, (BATCH,))
+    model.train()
+
+    def step():
+        with compute.autocast():
+            loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def step_flops(trainable: str) -> float:
+    """FLOPs per image of one training step (forward and the backward that `trainable` needs)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    step = make_step(trainable, Compute(torch.device("cpu")))
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops() / BATCH
+
+
+def data_path_ms(compute: Compute, batches: int = 100) -> float:
+    """Milliseconds per batch of train.py's data path: gather, crop/flip, normalise, layout."""
+    from data import augment, batch_indices
+    images = torch.randint(0, 256, (45000, 3, 32, 32), dtype=torch.uint8)
+    stats = (torch.full((3, 1, 1), 0.5), torch.full((3, 1, 1), 0.25))
+    generator = torch.Generator().manual_seed(0)
+    order = batch_indices(len(images), BATCH, generator)[:batches]
+    start = time.perf_counter()
+    for index in order:
+        compute.inputs(augment(images[index], generator), stats)
+    return 1000 * (time.perf_counter() - start) / len(order)
+
+
+def eval_seconds(compute: Compute, n: int = 10000) -> float:
+    """Seconds to evaluate n images the way train.py does (uint8 tensors in memory)."""
+    from engine import evaluate
+    model = build_model("resnet32")
+    if compute.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    split = (torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 10, (n,)))
+    stats = (torch.full((3, 1, 1), 0.5), torch.full((3, 1, 1), 0.25))
+    evaluate(model, (split[0][:1024], split[1][:1024]), stats, compute)  # warm-up
+    start = time.perf_counter()
+    evaluate(model, split, stats, compute)
+    return time.perf_counter() - start
+
+
+# ---------------------------------------------------------------- the classic recipe (run in its own process)
+
+def classic_run(data_dir: str, trainable: str, train_size) -> dict:
+    """torchvision ImageFolder + PIL transforms + DataLoader(2 workers) + eager fp32 NCHW; one epoch + val."""
+    import torchvision
+    import torchvision.transforms as T
+    from torch.utils.data import DataLoader, Subset
+    from data import stratified_split
+    start = time.perf_counter()
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    train_tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
+    eval_tf = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
+    root = os.path.join(data_dir, "train")
+    train_set = torchvision.datasets.ImageFolder(root, transform=train_tf)
+    eval_set = torchvision.datasets.ImageFolder(root, transform=eval_tf)
+    train_index, val_index = stratified_split(torch.tensor(train_set.targets), VAL_SPLIT, 0)
+    train_index = train_index[torch.randperm(len(train_index), generator=torch.Generator().manual_seed(0))]
+    train_index = train_index[:train_size] if train_size else train_index
+    train_loader = DataLoader(Subset(train_set, train_index.tolist()), batch_size=BATCH, shuffle=True, num_workers=2)
+    val_loader = DataLoader(Subset(eval_set, val_index.tolist()), batch_size=BATCH, num_workers=2)
+    torch.manual_seed(0)
+    model = build_model("resnet32")
+    optimizer = torch.optim.SGD(freeze(model, trainable), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    train_start = time.perf_counter()
+    model.train()
+    for x, y in train_loader:
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    train_seconds = time.perf_counter() - train_start
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for x, y in val_loader:
+            correct += (model(x).argmax(1) == y).sum().item()
+    return {"images": len(train_index), "train_seconds": train_seconds,
+            "startup_seconds": train_start - start, "val_acc": 100 * correct / len(val_index)}
+
+
+# ---------------------------------------------------------------- whole runs in fresh processes
+
+def run_measured(args: list) -> tuple:
+    """(wall seconds, peak RSS MiB, stdout) of a child process, RSS from wait4 (the child and its reaped children)."""
+    start = time.perf_counter()
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+    out = process.stdout.read()
+    err = process.stderr.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - start
+    if process.returncode:
+        tail = err.decode(errors="replace").strip().splitlines()[-1:] or ["(no message)"]
+        sys.exit(f"bench.py: error: {' '.join(map(str, args[1:4]))} ... exited {process.returncode}: {tail[0]}")
+    return wall, usage.ru_maxrss / 1024, out.decode()
+
+
+def classic_whole_run(data_dir: str, trainable: str, train_size) -> dict:
+    wall, rss, out = run_measured([sys.executable, __file__, "--classic", trainable, "--data-dir", data_dir,
+                                   *(["--train-size", str(train_size)] if train_size else [])])
+    result = json.loads(out.strip().splitlines()[-1])
+    return {**result, "wall": wall, "rss_mib": rss, "startup_seconds": wall - result["train_seconds"]}
+
+
+def project_whole_run(data_dir: str, trainable: str, train_size, extra: list) -> dict:
+    """One epoch of train.py (validation split evaluated) in a fresh process."""
+    with tempfile.TemporaryDirectory() as folder:
+        args = [sys.executable, os.path.join(REPO, "train.py"), "--dataset", "imagefolder", "--data-dir", data_dir,
+                "--val-split", str(VAL_SPLIT), "-t", trainable, "--epochs", "1", "--no-progress",
+                "--save-dir", os.path.join(folder, "run"), *(["--train-size", str(train_size)] if train_size else []),
+                *extra]
+        wall, rss, _ = run_measured(args)
+        with open(os.path.join(folder, "run", "history.csv")) as fh:
+            header, row = fh.read().splitlines()[:2]
+        history = dict(zip(header.split(","), row.split(",")))
+    train_seconds = float(history["epoch_seconds"]) - float(history["eval_seconds"])
+    images = int(round(float(history["images_per_second"]) * train_seconds))
+    return {"images": images, "wall": wall, "rss_mib": rss, "train_seconds": train_seconds,
+            "epoch_seconds": float(history["epoch_seconds"]), "eval_seconds": float(history["eval_seconds"]),
+            "startup_seconds": wall - float(history["epoch_seconds"]), "passes": int(history["passes"]),
+            "val_acc": float(history["val_acc"])}
+
+
+def startup_parts(data_dir: str) -> dict:
+    """Seconds of each start-up stage: imports (fresh process), cached image load, model build."""
+    code = "import time; t = time.perf_counter(); import train; print(time.perf_counter() - t)"
+    _, _, out = run_measured([sys.executable, "-c", code])
+    from config import parse_args
+    from data import load_dataset
+    cfg = parse_args(["--dataset", "imagefolder", "--data-dir", data_dir, "--val-split", str(VAL_SPLIT)])[0]
+    load_dataset(cfg)  # make sure the decoded-image cache exists
+    start = time.perf_counter()
+    load_dataset(cfg)
+    loaded = time.perf_counter()
+    build_model("resnet32").to(memory_format=torch.channels_last)
+    return {"import": float(out), "cache_load": loaded - start, "model_build": time.perf_counter() - loaded}
+
+
+# ---------------------------------------------------------------- report
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+            f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}")
+
+
+def table(header: list, rows: list) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", required=True, help="folder with train/<class>/*.jpg")
+    parser.add_argument("--quick", action="store_true", help="whole runs on 10,000 training images")
+    parser.add_argument("--lbfgs-train-size", type=int, default=10000, help="images per L-BFGS/SGD epoch")
+    parser.add_argument("--classic", choices=("bn", "all"), help=argparse.SUPPRESS)  # the child process
+    parser.add_argument("--train-size", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if not os.path.isdir(os.path.join(args.data_dir, "train")):
+        sys.exit(f"bench.py: error: no train/ folder in {args.data_dir}; point --data-dir at an ImageFolder root")
+    if args.classic:
+        print(json.dumps(classic_run(args.data_dir, args.classic, args.train_size)))
+        return 0
+    train_size = 10000 if args.quick else None
+    default = Compute(torch.device("cpu"), resolve_precision("auto", torch.device("cpu")), channels_last=True)
+    classic = Compute(torch.device("cpu"))
+    print(f"machine: {machine()}\ndefault precision here: {default.precision}, channels-last\n", flush=True)
+
+    peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    flops = {t: step_flops(t) for t in ("bn", "all")}
+    bare = {(t, name): best_rate(make_step(t, compute), BATCH)
+            for t in ("bn", "all") for name, compute in (("classic", classic), ("default", default))}
+    data_ms = data_path_ms(default)
+    eval_10k = eval_seconds(default)
+    startup = startup_parts(args.data_dir)
+    print(f"matmul peak: {peak['fp32']:.0f} GFLOP/s fp32, {peak['bf16']:.0f} GFLOP/s bf16")
+    print(f"step FLOPs per image: BN-only {flops['bn'] / 1e6:.0f} M, full {flops['all'] / 1e6:.0f} M")
+    print(f"start-up: imports {startup['import']:.2f} s, cached image load {startup['cache_load']:.2f} s, "
+          f"model build {startup['model_build']:.3f} s", flush=True)
+
+    rows = []
+    for t in ("bn", "all"):
+        whole = [("classic recipe (ImageFolder, PIL, DataLoader x2, fp32 NCHW)", "fp32",
+                  classic_whole_run(args.data_dir, t, train_size)),
+                 ("train.py --precision fp32", "fp32",
+                  project_whole_run(args.data_dir, t, train_size, ["--precision", "fp32"])),
+                 (f"train.py (default: {default.precision}, channels-last)", default.precision,
+                  project_whole_run(args.data_dir, t, train_size, []))]
+        base = None
+        for name, precision, r in whole:
+            rate = r["images"] / r["wall"]
+            base = base or rate
+            rows.append([t, name, f"{rate:.0f}", f"{rate / base:.2f}x", f"{r['images'] / r['train_seconds']:.0f}",
+                         f"{100 * rate * flops[t] / 1e9 / peak[precision]:.0f} %", f"{r['startup_seconds']:.1f}",
+                         f"{r['wall']:.0f}", f"{r['rss_mib']:.0f}", f"{r['val_acc']:.2f}"])
+        for name in ("classic", "default"):
+            rate = bare[(t, name)]
+            peak_used = peak[default.precision if name == "default" else "fp32"]
+            rows.append([t, f"bare step, synthetic tensors ({name})", f"{rate:.0f}", f"{rate / base:.2f}x", "",
+                         f"{100 * rate * flops[t] / 1e9 / peak_used:.0f} %", "", "", "", ""])
+        print(flush=True)
+    print(f"\n## Whole runs: 1 epoch ({'10,000' if train_size else 'all 45,000'} training images) + 5,000 val, "
+          f"batch {BATCH}, SGD\n")
+    print(table(["trained", "pipeline", "img/s (whole run)", "vs classic", "img/s (training loop)", "% of peak",
+                 "start-up s", "wall s", "peak RSS MiB", "val acc"], rows))
+    step_ms = 1000 * BATCH / bare[("bn", "default")]
+    epoch_50k = 50000 / bare[("bn", "default")]
+    print(f"\ndata path: {data_ms:.2f} ms per batch of {BATCH} = {100 * data_ms / step_ms:.1f} % of the bare "
+          f"BN-only step ({step_ms:.0f} ms)")
+    print(f"evaluation of 10,000 images: {eval_10k:.2f} s = {100 * eval_10k / epoch_50k:.1f} % of a 50,000-image "
+          f"BN-only epoch at the bare-step rate ({epoch_50k:.0f} s)")
+
+    lbfgs_rows = []
+    for optimizer in ("sgd", "lbfgs"):
+        r = project_whole_run(args.data_dir, "bn", args.lbfgs_train_size, ["--optimizer", optimizer])
+        lbfgs_rows.append([optimizer, f"{r['train_seconds']:.0f}", r["passes"], f"{r['eval_seconds']:.1f}",
+                           f"{r['val_acc']:.2f}"])
+    print(f"\n## L-BFGS against SGD: one BN-only epoch of {args.lbfgs_train_size:,} images (defaults)\n")
+    print(table(["optimizer", "training s", "forward+backward passes", "eval s (incl. BN recalibration)",
+                 "val acc"], lbfgs_rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
