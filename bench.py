@@ -85,11 +85,11 @@ def step_flops(trainable: str) -> float:
 
 def data_path_ms(compute: Compute, batches: int = 100) -> float:
     """Milliseconds per batch of train.py's data path: gather, crop/flip, normalise, layout."""
-    from data import augment, batch_indices
+    from data import augment, epoch_order
     images = torch.randint(0, 256, (45000, 3, 32, 32), dtype=torch.uint8)
     stats = (torch.full((3, 1, 1), 0.5), torch.full((3, 1, 1), 0.25))
     generator = torch.Generator().manual_seed(0)
-    order = batch_indices(len(images), BATCH, generator)[:batches]
+    order = epoch_order(len(images), generator).split(BATCH)[:batches]
     start = time.perf_counter()
     for index in order:
         compute.inputs(augment(images[index], generator), stats)

@@ -123,6 +123,8 @@ class Config:
     evaluate: bool = field(default=False, metadata=_flag(
         "with --resume: print the checkpoint's test loss and accuracy, then exit", "-e", action="store_true"))
     save_every: int = field(default=1, metadata=_flag("write checkpoint.pt every N epochs (and at the end)"))
+    checkpoint_minutes: float = field(default=0.0, metadata=_flag(
+        "also write checkpoint.pt within an epoch when this many minutes passed since the last one (0: off)"))
     print_freq: int = field(default=0, metadata=_flag(
         "also print the running train loss every N batches (0: only one line per epoch)"))
     no_progress: bool = field(default=False, metadata=_flag("no tqdm progress bar", action="store_true"))
@@ -139,7 +141,7 @@ ALIASES = {a.lstrip("-").replace("-", "_"): f.name for f in FIELDS.values() for 
 # Settings that say where or how to run; everything else defines the run and is fixed once it started,
 # except that --epochs may extend it.
 RUNTIME_SETTINGS = ("resume", "evaluate", "save_dir", "data_dir", "cache_dir", "workers", "device", "download",
-                    "no_progress", "print_freq", "overwrite", "config", "save_every", "epochs")
+                    "no_progress", "print_freq", "overwrite", "config", "save_every", "checkpoint_minutes", "epochs")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -264,6 +266,8 @@ def validate(cfg: Config) -> None:
     require(0 <= cfg.seed < 2**32, f"--seed must be between 0 and 2**32 - 1, got {cfg.seed}")
     require(cfg.val_split >= 0, f"--val-split must be 0 or more, got {cfg.val_split}")
     require(cfg.bn_recalibrate >= 0, f"--bn-recalibrate must be 0 or more, got {cfg.bn_recalibrate}")
+    require(math.isfinite(cfg.checkpoint_minutes) and cfg.checkpoint_minutes >= 0,
+            f"--checkpoint-minutes must be a finite number >= 0, got {cfg.checkpoint_minutes}")
     require(cfg.print_freq >= 0, f"--print-freq must be 0 or more, got {cfg.print_freq}")
     require(math.isfinite(cfg.lr) and cfg.lr > 0, f"--lr must be a finite number above 0, got {cfg.lr}")
     for name in ("momentum", "weight_decay"):

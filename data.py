@@ -287,6 +287,6 @@ def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> to
     return (images.float() / 255 - mean) / std
 
 
-def batch_indices(n: int, batch_size: int, generator: torch.Generator) -> list:
-    """Index tensors of the batches of one epoch: a seeded permutation cut into batch_size pieces."""
-    return list(torch.randperm(n, generator=generator, device=generator.device).split(batch_size))
+def epoch_order(n: int, generator: torch.Generator) -> torch.Tensor:
+    """The seeded order in which one epoch visits the n training images (cut into batches by the trainer)."""
+    return torch.randperm(n, generator=generator, device=generator.device)

@@ -1,13 +1,14 @@
 """One epoch of training (SGD or L-BFGS), evaluation, and the optimizer and schedule factories."""
 
 import dataclasses
+import os
 import time
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from data import augment, batch_indices, fixed_subset_index, normalize
+from data import augment, epoch_order, fixed_subset_index, normalize
 from resnet import is_batchnorm
 
 
@@ -103,8 +104,11 @@ def lbfgs_step(model, optimizer, images, labels, weight_decay: float, compute: C
     """One L-BFGS step on a fixed batch; BN running statistics move once, from the first forward pass.
 
     The reported loss is the cross-entropy of that first pass (without the L2 term), as SGD reports it.
+    A step whose loss or result is not finite is rolled back: parameters and BN statistics return to
+    where they were, the curvature memory is cleared, and the result says `rolled_back`.
     """
     params = optimizer.param_groups[0]["params"]
+    before = [p.detach().clone() for p in params], bn_buffers(model)
     first = {}
     passes = 0
 
@@ -123,7 +127,14 @@ def lbfgs_step(model, optimizer, images, labels, weight_decay: float, compute: C
 
     optimizer.step(closure)
     restore_bn_buffers(model, first["bn"])
-    return {"loss": first["loss"], "correct": first["correct"], "passes": passes}
+    if bool(torch.stack([torch.isfinite(first["loss"])] + [torch.isfinite(p).all() for p in params]).all()):
+        return {"loss": first["loss"], "correct": first["correct"], "passes": passes, "rolled_back": False}
+    with torch.no_grad():
+        for p, saved in zip(params, before[0]):
+            p.copy_(saved)
+    restore_bn_buffers(model, before[1])
+    optimizer.state.clear()
+    return {"loss": first["loss"], "correct": first["correct"], "passes": passes, "rolled_back": True}
 
 
 def sgd_step(model, optimizer, images, labels, compute: Compute, scaler) -> dict:
@@ -136,44 +147,82 @@ def sgd_step(model, optimizer, images, labels, compute: Compute, scaler) -> dict
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-    return {"loss": loss.detach(), "correct": (logits.argmax(1) == labels).sum(), "passes": 1}
+    return {"loss": loss.detach(), "correct": (logits.argmax(1) == labels).sum(), "passes": 1, "rolled_back": False}
+
+
+MAX_ROLLBACKS = 5  # consecutive L-BFGS rollbacks after which training gives up
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss stopped being finite and cannot be recovered from."""
+
+
+def start_epoch(n: int, generator: torch.Generator) -> dict:
+    """Where an epoch stands: its image order and the sums so far. Plain data: mid-epoch checkpoints save it."""
+    zero = torch.zeros((), device=generator.device)
+    return {"order": epoch_order(n, generator), "step": 0, "loss_sum": zero.double(), "correct": zero.long(),
+            "images": 0, "passes": 0, "rollbacks": 0, "consecutive_rollbacks": 0, "seconds": 0.0}
 
 
 def train_one_epoch(model, optimizer, cfg, train_split, stats, generator, epoch: int, compute: Compute,
-                    scaler=None) -> dict:
+                    scaler=None, progress=None, after_step=None) -> dict:
     """Train on every image once, in a seeded order with batched augmentation; returns the epoch's means.
 
-    Nothing in the loop waits for the device: losses and counts are summed on it and read once at the end.
+    `progress` (from start_epoch, or a mid-epoch checkpoint) is updated after every step, then
+    `after_step(progress)` is called: it may save it or stop the run. Nothing in the loop waits for the
+    device, except L-BFGS's own line search: losses and counts are summed on it and read at the end.
     """
     images, labels = train_split  # (N, 3, H, W) uint8 and (N,) int64, on the training device
     scaler = scaler or compute.grad_scaler()
+    progress = progress or start_epoch(len(labels), generator)
     lbfgs = cfg.optimizer == "lbfgs" and optimizer is not None
-    batch_size = cfg.lbfgs_batch_size if lbfgs else cfg.batch_size
+    batches = progress["order"].split(cfg.lbfgs_batch_size if lbfgs else cfg.batch_size)
+    inject_nan = injected_nan_steps(epoch)
     model.train()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=labels.device)
-    correct = torch.zeros((), dtype=torch.int64, device=labels.device)
-    passes = 0
-    start = time.perf_counter()
-    bar = tqdm(total=len(labels), unit="img", unit_scale=True, leave=False, desc=f"epoch {epoch}",
-               disable=cfg.no_progress, dynamic_ncols=True)
-    for step, index in enumerate(batch_indices(len(labels), batch_size, generator)):
+    bar = tqdm(total=len(labels), initial=progress["images"], unit="img", unit_scale=True, leave=False,
+               desc=f"epoch {epoch}", disable=cfg.no_progress, dynamic_ncols=True)
+    for step in range(progress["step"], len(batches)):
+        start = time.perf_counter()
+        index = batches[step]
         x = compute.inputs(augment(images[index], generator), stats)
+        if step + 1 in inject_nan:
+            x = x * float("nan")
         y = labels[index]
         if lbfgs:
             result = lbfgs_step(model, optimizer, x, y, cfg.weight_decay, compute)
         else:
             result = sgd_step(model, optimizer, x, y, compute, scaler)
-        loss_sum += result["loss"].double() * len(y)
-        correct += result["correct"]
-        passes += result["passes"]
+        progress["passes"] += result["passes"]
+        if result["rolled_back"]:
+            progress["rollbacks"] += 1
+            progress["consecutive_rollbacks"] += 1
+            if progress["consecutive_rollbacks"] >= MAX_ROLLBACKS:
+                raise TrainingDiverged(f"L-BFGS gave up after {MAX_ROLLBACKS} consecutive steps with a non-finite "
+                                       f"loss (epoch {epoch}, batch {step + 1})")
+        else:
+            progress["consecutive_rollbacks"] = 0
+            progress["loss_sum"] += result["loss"].double() * len(y)
+            progress["correct"] += result["correct"]
+            progress["images"] += len(y)
+        progress["step"] = step + 1
+        progress["seconds"] += time.perf_counter() - start
         bar.update(len(y))
         if cfg.print_freq and (step + 1) % cfg.print_freq == 0:
             bar.write(f"  epoch {epoch} batch {step + 1}: loss {result['loss'].item():.4f}")
+        if after_step is not None:
+            after_step(progress)
     bar.close()
-    seconds = time.perf_counter() - start
-    n = len(labels)
-    return {"loss": loss_sum.item() / n, "acc": 100.0 * correct.item() / n, "passes": passes,
-            "images_per_second": n / seconds}
+    n = max(progress["images"], 1)
+    return {"loss": progress["loss_sum"].item() / n, "acc": 100.0 * progress["correct"].item() / n,
+            "passes": progress["passes"], "rollbacks": progress["rollbacks"],
+            "images_per_second": len(labels) / max(progress["seconds"], 1e-9)}
+
+
+def injected_nan_steps(epoch: int) -> set:
+    """Test hook: BN_ONLY_INJECT_NAN="EPOCH:STEP,..." makes those training batches NaN (steps count from 1)."""
+    spec = os.environ.get("BN_ONLY_INJECT_NAN", "")
+    pairs = (item.split(":") for item in spec.split(",") if item)
+    return {int(step) for e, step in pairs if int(e) == epoch}
 
 
 @torch.no_grad()

@@ -46,7 +46,7 @@ REQUIRED_COLUMNS = ("epoch", "train_loss", "train_acc")
 # Numeric columns this script knows; any other column (e.g. `phase`) is ignored unread.
 KNOWN_COLUMNS = REQUIRED_COLUMNS + (
     "lr", "val_loss", "val_acc", "test_loss", "test_acc",
-    "epoch_seconds", "eval_seconds", "images_per_second", "passes",
+    "epoch_seconds", "eval_seconds", "images_per_second", "passes", "rollbacks",
 )
 SPLITS = ("train", "val", "test")
 METRIC_LABELS = {"loss": "loss", "acc": "accuracy (%)"}

@@ -8,9 +8,11 @@ Writes config.json, history.csv, checkpoint.pt and summary.json into --save-dir.
 """
 
 import dataclasses
+import glob
 import os
 import platform
 import random
+import signal
 import sys
 import time
 
@@ -19,8 +21,8 @@ import torch
 
 from config import FIELDS, RUNTIME_SETTINGS, Config, ConfigError, fail, parse_args, resolve, to_dict
 from data import load_dataset
-from engine import (Compute, build_optimizer, build_scheduler, evaluate, recalibrate_bn, resolve_precision,
-                    train_one_epoch)
+from engine import (Compute, TrainingDiverged, build_optimizer, build_scheduler, evaluate, recalibrate_bn,
+                    resolve_precision, train_one_epoch)
 from resnet import build_model, count_parameters, freeze
 from runfiles import (RUN_FILES, CheckpointError, check_save_dir, checkpoint_path, load_checkpoint, rng_state,
                       save_checkpoint, set_rng_state, summarize, write_history, write_json)
@@ -82,12 +84,14 @@ def epoch_line(row: dict, epochs: int) -> str:
     return " | ".join(parts)
 
 
-def run_epoch(epoch: int, cfg: Config, ex: "Experiment") -> dict:
-    """Train one epoch, evaluate every held-out split, step the schedule; returns the history row."""
+def run_epoch(epoch: int, cfg: Config, ex: "Experiment", after_step=None) -> dict:
+    """Train one epoch (or its rest, after a mid-epoch checkpoint), evaluate every held-out split, step the
+    schedule; returns the history row."""
     start = time.perf_counter()
     lr = ex.optimizer.param_groups[0]["lr"] if ex.optimizer is not None else 0.0
+    progress, ex.progress = ex.progress, None
     train = train_one_epoch(ex.model, ex.optimizer, cfg, ex.splits["train"], ex.stats, ex.generator, epoch,
-                            ex.compute, ex.scaler)
+                            ex.compute, ex.scaler, progress, after_step)
     row = {"epoch": epoch, "lr": lr, "train_loss": train["loss"], "train_acc": train["acc"]}
     eval_start = time.perf_counter()
     if cfg.bn_recalibrate:
@@ -100,7 +104,7 @@ def run_epoch(epoch: int, cfg: Config, ex: "Experiment") -> dict:
         ex.scheduler.step()
     end = time.perf_counter()
     row.update(epoch_seconds=end - start, eval_seconds=end - eval_start,
-               images_per_second=train["images_per_second"], passes=train["passes"])
+               images_per_second=train["images_per_second"], passes=train["passes"], rollbacks=train["rollbacks"])
     return row
 
 
@@ -109,8 +113,42 @@ def main(argv=None) -> int:
         return run(*parse_args(argv))
     except ConfigError as e:
         fail(str(e))
-    except KeyboardInterrupt:  # every run file is replaced atomically: the last saved epoch is intact
-        fail("interrupted; continue from the last saved epoch with --resume RUN_DIR", status=130)
+    except RunStopped as e:
+        fail(str(e), status=128 + e.signal)
+    except TrainingDiverged as e:
+        fail(f"{e}; lower --lr (the last good checkpoint is kept)", status=3)
+    except KeyboardInterrupt:  # every run file is replaced atomically: the last saved checkpoint is intact
+        fail("interrupted; continue from the last saved checkpoint with --resume RUN_DIR", status=130)
+
+
+class RunStopped(Exception):
+    """SIGINT or SIGTERM stopped the run after a checkpoint was written."""
+
+    def __init__(self, signum: int, save_dir: str, where: str):
+        super().__init__(f"stopped by {signal.Signals(signum).name} {where}; checkpoint saved; "
+                         f"continue with: python train.py --resume {save_dir}")
+        self.signal = signum
+
+
+class GracefulStop:
+    """While active, SIGINT/SIGTERM ask the epoch loop to stop after the current step; a second SIGINT
+    stops at once (KeyboardInterrupt)."""
+
+    def __init__(self):
+        self.signal = None
+
+    def __enter__(self):
+        self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc_info):
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def handle(self, signum, frame):
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
 
 
 @dataclasses.dataclass
@@ -129,6 +167,7 @@ class Experiment:
     num_classes: int
     history: list
     start_epoch: int
+    progress: dict = None  # the partial first epoch of a mid-epoch checkpoint
 
 
 def run(cfg: Config, given: set) -> int:
@@ -172,16 +211,19 @@ def build_experiment(cfg: Config, device: torch.device, checkpoint) -> Experimen
     scheduler = build_scheduler(cfg, optimizer)
     scaler = compute.grad_scaler()
     normalization = {"mean": list(dataset.mean), "std": list(dataset.std)}
-    history, start_epoch = [], 1
+    history, start_epoch, progress = [], 1, None
     if checkpoint is not None:
         normalization = restore(checkpoint, model, optimizer, scheduler, scaler, None if cfg.evaluate else generator)
         history, start_epoch = list(checkpoint.get("history", [])), checkpoint["epoch"] + 1
+        progress = checkpoint.get("progress")
+        if progress is not None and not cfg.evaluate:
+            progress = {k: v.to(device) if torch.is_tensor(v) else v for k, v in progress.items()}
     stats = tuple(torch.tensor(normalization[k], device=device).view(3, 1, 1) for k in ("mean", "std"))
     splits = {name: (images.to(device), labels.to(device)) for name, (images, labels) in dataset.splits.items()}
     if cfg.compile:
         model.compile()  # in place: the state_dict keys stay those of the plain model
     return Experiment(model, params, optimizer, scheduler, generator, compute, scaler, splits, stats, normalization,
-                      dataset.num_classes, history, start_epoch)
+                      dataset.num_classes, history, start_epoch, progress)
 
 
 def train(cfg: Config, ex: Experiment, device: torch.device) -> int:
@@ -193,27 +235,50 @@ def train(cfg: Config, ex: Experiment, device: torch.device) -> int:
           f"run folder {cfg.save_dir}", flush=True)
     if "test" not in ex.splits and "val" not in ex.splits:
         print("note: no test split and no --val-split: only training metrics are recorded", file=sys.stderr)
-    for epoch in range(ex.start_epoch, cfg.epochs + 1):
-        row = run_epoch(epoch, cfg, ex)
-        print(epoch_line(row, cfg.epochs), flush=True)
-        if not np.isfinite(row["train_loss"]):
-            fail(f"the training loss is not finite at epoch {epoch}; lower --lr "
-                 f"(the last good checkpoint is kept in {cfg.save_dir})", status=3)
-        ex.history.append(row)
-        write_history(os.path.join(cfg.save_dir, "history.csv"), ex.history)
-        if epoch % cfg.save_every == 0 or epoch == cfg.epochs:
-            save_checkpoint(os.path.join(cfg.save_dir, "checkpoint.pt"), checkpoint_state(cfg, ex, epoch))
-        write_json(os.path.join(cfg.save_dir, "summary.json"), summarize(ex.history, trainable, total, world_size=1))
+    checkpoint_file = os.path.join(cfg.save_dir, "checkpoint.pt")
+    last_save = time.monotonic()
+
+    def save(epoch: int, progress=None) -> None:
+        nonlocal last_save
+        save_checkpoint(checkpoint_file, checkpoint_state(cfg, ex, epoch, progress))
+        last_save = time.monotonic()
+
+    with GracefulStop() as stop:
+        for epoch in range(ex.start_epoch, cfg.epochs + 1):
+            def after_step(progress, epoch=epoch):
+                """Mid-epoch checkpoint when a signal came or --checkpoint-minutes passed."""
+                due = cfg.checkpoint_minutes and time.monotonic() - last_save >= 60 * cfg.checkpoint_minutes
+                if stop.signal is None and not due:
+                    return
+                if not torch.isfinite(progress["loss_sum"]):
+                    raise TrainingDiverged(f"the training loss is not finite in epoch {epoch}")
+                save(epoch - 1, {**progress, "epoch": epoch})
+                if stop.signal is not None:
+                    raise RunStopped(stop.signal, cfg.save_dir, f"in epoch {epoch} after batch {progress['step']}")
+
+            row = run_epoch(epoch, cfg, ex, after_step)
+            print(epoch_line(row, cfg.epochs), flush=True)
+            if not np.isfinite(row["train_loss"]):
+                raise TrainingDiverged(f"the training loss is not finite at epoch {epoch}")
+            ex.history.append(row)
+            write_history(os.path.join(cfg.save_dir, "history.csv"), ex.history)
+            if epoch % cfg.save_every == 0 or epoch == cfg.epochs or stop.signal is not None:
+                save(epoch)
+            write_json(os.path.join(cfg.save_dir, "summary.json"),
+                       summarize(ex.history, trainable, total, world_size=1))
+            if stop.signal is not None and epoch < cfg.epochs:
+                raise RunStopped(stop.signal, cfg.save_dir, f"after epoch {epoch}")
     return 0
 
 
-def checkpoint_state(cfg: Config, ex: Experiment, epoch: int) -> dict:
-    """The one dict saved as checkpoint.pt (plain tensors and containers only)."""
+def checkpoint_state(cfg: Config, ex: Experiment, epoch: int, progress=None) -> dict:
+    """The one dict saved as checkpoint.pt (plain tensors and containers only); `epoch` is the last
+    completed epoch, `progress` the state of the next one when saved within it."""
     return {"model": ex.model.state_dict(), "optimizer": ex.optimizer.state_dict() if ex.optimizer else None,
             "scheduler": ex.scheduler.state_dict() if ex.scheduler else None, "scaler": ex.scaler.state_dict(),
             "epoch": epoch,
             "rng": rng_state(ex.generator), "config": to_dict(cfg), "normalization": ex.normalization,
-            "history": ex.history, "num_classes": ex.num_classes}
+            "history": ex.history, "num_classes": ex.num_classes, "progress": progress}
 
 
 def restore(checkpoint: dict, model, optimizer, scheduler, scaler, generator) -> dict:
@@ -239,6 +304,9 @@ def restore(checkpoint: dict, model, optimizer, scheduler, scaler, generator) ->
 def prepare_save_dir(cfg: Config, compute: Compute, resuming: bool) -> None:
     """Make the run folder and write config.json; --overwrite first removes the old run's files."""
     os.makedirs(cfg.save_dir, exist_ok=True)
+    for name in RUN_FILES:  # half-written files of a killed run (the complete versions were kept)
+        for leftover in glob.glob(os.path.join(glob.escape(cfg.save_dir), glob.escape(name) + ".tmp[0-9]*")):
+            os.remove(leftover)
     if cfg.overwrite and not resuming:
         for name in RUN_FILES:
             if os.path.exists(os.path.join(cfg.save_dir, name)):

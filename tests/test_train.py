@@ -16,7 +16,7 @@ from resnet import build_model, freeze
 
 FP32 = Compute(torch.device("cpu"))
 HISTORY_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
-                   "epoch_seconds", "eval_seconds", "images_per_second", "passes"]
+                   "epoch_seconds", "eval_seconds", "images_per_second", "passes", "rollbacks"]
 
 
 def test_run_folder_has_the_four_files(tiny_run):

@@ -1,0 +1,146 @@
+"""Runs survive SIGKILL, SIGINT and SIGTERM, and non-finite losses are handled as documented."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import REPO, TINY, read_csv, run_train, without_timings
+from engine import Compute, build_optimizer, lbfgs_step
+from config import parse_args
+from resnet import build_model, freeze
+from runfiles import load_checkpoint
+from train import GracefulStop
+
+COMMON = [*TINY, "-t", "bn", "--lbfgs-batch-size", "64", "--lbfgs-max-iter", "2", "--epochs", "4"]
+
+
+def start_train(*args, env=None):
+    return subprocess.Popen([sys.executable, str(REPO / "train.py"), *map(str, args)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def modified(path):
+    return path.stat().st_mtime_ns if path.exists() else None
+
+
+def wait_for(path, process, timeout=120, since=None):
+    """Wait until `path` exists and was written after modification time `since` (True), or the process
+    ended (False)."""
+    deadline = time.monotonic() + timeout
+    while modified(path) in (None, since):
+        if process.poll() is not None:
+            return False
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+    return True
+
+
+def reference_history(tmp_path, optimizer):
+    result = run_train(*COMMON, "--optimizer", optimizer, "--save-dir", tmp_path / "straight")
+    assert result.returncode == 0, result.stderr
+    return without_timings(read_csv(tmp_path / "straight" / "history.csv"))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "lbfgs"])
+def test_sigkill_at_random_moments_then_resume_gives_the_same_history(tmp_path, optimizer):
+    expected = reference_history(tmp_path, optimizer)
+    folder = tmp_path / "killed"
+    rng = random.Random(optimizer)
+    kills, mid_epoch = 0, 0
+    args = [*COMMON, "--optimizer", optimizer, "--checkpoint-minutes", "1e-9", "--save-dir", folder]
+    while True:
+        written = modified(folder / "checkpoint.pt")
+        process = start_train(*args)
+        if wait_for(folder / "checkpoint.pt", process, since=written):  # kill only after the run made progress
+            time.sleep(rng.uniform(0, 0.3))
+        if process.poll() is None and kills < 3:
+            process.kill()
+            process.communicate()
+            kills += 1
+            mid_epoch += load_checkpoint(str(folder / "checkpoint.pt")).get("progress") is not None
+            args = ["--resume", folder, "--no-progress"]
+            continue
+        _, stderr = process.communicate(timeout=240)
+        assert process.returncode == 0, stderr
+        break
+    assert kills >= 2 and mid_epoch >= 1  # the test really interrupted the run, within epochs too
+    assert without_timings(read_csv(folder / "history.csv")) == expected
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_saves_a_checkpoint_and_the_resumed_run_matches(tmp_path, signum):
+    expected = reference_history(tmp_path, "sgd")
+    folder = tmp_path / "signalled"
+    process = start_train(*COMMON, "--save-dir", folder)
+    assert wait_for(folder / "history.csv", process)  # the first epoch is done
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signum, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "checkpoint saved" in lines[0] and f"--resume {folder}" in lines[0]
+    assert load_checkpoint(str(folder / "checkpoint.pt"))["epoch"] < 4
+    resumed = run_train("--resume", folder, "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    assert without_timings(read_csv(folder / "history.csv")) == expected
+
+
+def test_a_second_ctrl_c_stops_at_once():
+    with GracefulStop() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+        assert stop.signal == signal.SIGINT  # the first one only asks to stop
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def run_with_nan(tmp_path, steps, *args):
+    env = {**os.environ, "BN_ONLY_INJECT_NAN": steps}
+    process = start_train(*COMMON, "--save-dir", tmp_path / "run", *args, env=env)
+    stdout, stderr = process.communicate(timeout=240)
+    return process.returncode, stderr
+
+
+def test_sgd_stops_on_a_non_finite_loss_and_keeps_the_last_good_checkpoint(tmp_path):
+    status, stderr = run_with_nan(tmp_path, "2:1")
+    assert status == 3 and "not finite" in stderr and len(stderr.strip().splitlines()) == 1
+    assert len(read_csv(tmp_path / "run" / "history.csv")) == 1
+    checkpoint = load_checkpoint(str(tmp_path / "run" / "checkpoint.pt"))
+    assert checkpoint["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())
+
+
+def test_lbfgs_rolls_back_a_non_finite_step_and_goes_on(tmp_path):
+    status, stderr = run_with_nan(tmp_path, "1:2,3:1", "--optimizer", "lbfgs")
+    assert status == 0, stderr
+    rows = read_csv(tmp_path / "run" / "history.csv")
+    assert [int(r["rollbacks"]) for r in rows] == [1, 0, 1, 0]
+    assert all(float(r["train_loss"]) == float(r["train_loss"]) for r in rows)  # no NaN
+
+
+def test_lbfgs_gives_up_after_five_consecutive_rollbacks(tmp_path):
+    status, stderr = run_with_nan(tmp_path, "1:1,1:2,1:3,1:4,1:5", "--optimizer", "lbfgs",
+                                  "--lbfgs-batch-size", "32")
+    assert status == 3 and "5 consecutive" in stderr and len(stderr.strip().splitlines()) == 1
+
+
+def test_lbfgs_rollback_restores_the_parameters_and_clears_the_memory():
+    torch.manual_seed(0)
+    cfg = parse_args(["-t", "bn", "--use-lbfgs", "true", "--lbfgs-max-iter", "3"])[0]
+    model = build_model("resnet20").train()
+    optimizer = build_optimizer(cfg, freeze(model, "bn"))
+    images, labels, cpu = torch.randn(16, 3, 32, 32), torch.arange(16) % 10, Compute(torch.device("cpu"))
+    assert not lbfgs_step(model, optimizer, images, labels, 0.0, cpu)["rolled_back"]
+    assert optimizer.state  # curvature pairs are stored
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert lbfgs_step(model, optimizer, images * float("nan"), labels, 0.0, cpu)["rolled_back"]
+    assert not optimizer.state
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
