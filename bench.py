@@ -241,15 +241,16 @@ def main(argv=None) -> int:
         return 0
     train_size = 10000 if args.quick else None
     default = Compute(torch.device("cpu"), resolve_precision("auto", torch.device("cpu")), channels_last=True)
-    classic = Compute(torch.device("cpu"))
+    steps = {"classic": Compute(torch.device("cpu")), "default": default,
+             "bf16": Compute(torch.device("cpu"), "bf16", channels_last=True)}
     print(f"machine: {machine()}\ndefault precision here: {default.precision}, channels-last\n", flush=True)
 
     peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     flops = {t: step_flops(t) for t in ("bn", "all")}
     bare = {(t, name): best_rate(make_step(t, compute), BATCH)
-            for t in ("bn", "all") for name, compute in (("classic", classic), ("default", default))}
-    data_ms = data_path_ms(default)
-    eval_10k = eval_seconds(default)
+            for t in ("bn", "all") for name, compute in steps.items()}
+    data_ms = {name: data_path_ms(steps[name]) for name in ("default", "bf16")}
+    eval_10k = {name: eval_seconds(steps[name]) for name in ("default", "bf16")}
     startup = startup_parts(args.data_dir)
     print(f"matmul peak: {peak['fp32']:.0f} GFLOP/s fp32, {peak['bf16']:.0f} GFLOP/s bf16")
     print(f"step FLOPs per image: BN-only {flops['bn'] / 1e6:.0f} M, full {flops['all'] / 1e6:.0f} M")
@@ -260,10 +261,10 @@ def main(argv=None) -> int:
     for t in ("bn", "all"):
         whole = [("classic recipe (ImageFolder, PIL, DataLoader x2, fp32 NCHW)", "fp32",
                   classic_whole_run(args.data_dir, t, train_size)),
-                 ("train.py --precision fp32", "fp32",
-                  project_whole_run(args.data_dir, t, train_size, ["--precision", "fp32"])),
                  (f"train.py (default: {default.precision}, channels-last)", default.precision,
-                  project_whole_run(args.data_dir, t, train_size, []))]
+                  project_whole_run(args.data_dir, t, train_size, [])),
+                 ("train.py --precision bf16", "bf16",
+                  project_whole_run(args.data_dir, t, train_size, ["--precision", "bf16"]))]
         base = None
         for name, precision, r in whole:
             rate = r["images"] / r["wall"]
@@ -271,22 +272,26 @@ def main(argv=None) -> int:
             rows.append([t, name, f"{rate:.0f}", f"{rate / base:.2f}x", f"{r['images'] / r['train_seconds']:.0f}",
                          f"{100 * rate * flops[t] / 1e9 / peak[precision]:.0f} %", f"{r['startup_seconds']:.1f}",
                          f"{r['wall']:.0f}", f"{r['rss_mib']:.0f}", f"{r['val_acc']:.2f}"])
-        for name in ("classic", "default"):
+        for name, compute in steps.items():
             rate = bare[(t, name)]
-            peak_used = peak[default.precision if name == "default" else "fp32"]
-            rows.append([t, f"bare step, synthetic tensors ({name})", f"{rate:.0f}", f"{rate / base:.2f}x", "",
+            peak_used = peak[compute.precision]
+            rows.append([t, f"bare step, synthetic tensors ({name}: {compute.precision}, "
+                            f"{'channels-last' if compute.channels_last else 'NCHW'})", f"{rate:.0f}",
+                         f"{rate / base:.2f}x", "",
                          f"{100 * rate * flops[t] / 1e9 / peak_used:.0f} %", "", "", "", ""])
         print(flush=True)
     print(f"\n## Whole runs: 1 epoch ({'10,000' if train_size else 'all 45,000'} training images) + 5,000 val, "
           f"batch {BATCH}, SGD\n")
     print(table(["trained", "pipeline", "img/s (whole run)", "vs classic", "img/s (training loop)", "% of peak",
                  "start-up s", "wall s", "peak RSS MiB", "val acc"], rows))
-    step_ms = 1000 * BATCH / bare[("bn", "default")]
-    epoch_50k = 50000 / bare[("bn", "default")]
-    print(f"\ndata path: {data_ms:.2f} ms per batch of {BATCH} = {100 * data_ms / step_ms:.1f} % of the bare "
-          f"BN-only step ({step_ms:.0f} ms)")
-    print(f"evaluation of 10,000 images: {eval_10k:.2f} s = {100 * eval_10k / epoch_50k:.1f} % of a 50,000-image "
-          f"BN-only epoch at the bare-step rate ({epoch_50k:.0f} s)")
+    print()
+    for name in ("default", "bf16"):
+        step_ms = 1000 * BATCH / bare[("bn", name)]
+        epoch_50k = 50000 / bare[("bn", name)]
+        print(f"{name} ({steps[name].precision}): data path {data_ms[name]:.2f} ms per batch of {BATCH} = "
+              f"{100 * data_ms[name] / step_ms:.1f} % of the bare BN-only step ({step_ms:.0f} ms); evaluation of "
+              f"10,000 images {eval_10k[name]:.2f} s = {100 * eval_10k[name] / epoch_50k:.1f} % of a 50,000-image "
+              f"BN-only epoch at the bare-step rate ({epoch_50k:.0f} s)")
 
     lbfgs_rows = []
     for optimizer in ("sgd", "lbfgs"):
