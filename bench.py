@@ -118,7 +118,6 @@ def classic_run(data_dir: str, trainable: str, train_size) -> dict:
     import torchvision.transforms as T
     from torch.utils.data import DataLoader, Subset
     from data import stratified_split
-    start = time.perf_counter()
     mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
     train_tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
     eval_tf = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
@@ -141,37 +140,56 @@ def classic_run(data_dir: str, trainable: str, train_size) -> dict:
         loss.backward()
         optimizer.step()
     train_seconds = time.perf_counter() - train_start
+    eval_start = time.perf_counter()
     model.eval()
     correct = 0
     with torch.no_grad():
         for x, y in val_loader:
             correct += (model(x).argmax(1) == y).sum().item()
     return {"images": len(train_index), "train_seconds": train_seconds,
-            "startup_seconds": train_start - start, "val_acc": 100 * correct / len(val_index)}
+            "eval_seconds": time.perf_counter() - eval_start, "val_acc": 100 * correct / len(val_index)}
 
 
 # ---------------------------------------------------------------- whole runs in fresh processes
 
+def peak_rss_mib(pid: int) -> float:
+    """VmHWM (peak resident memory) of a live process, from /proc; 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM")) / 1024
+    except (OSError, StopIteration):
+        return 0.0
+
+
 def run_measured(args: list) -> tuple:
-    """(wall seconds, peak RSS MiB, stdout) of a child process, RSS from wait4 (the child and its reaped children)."""
+    """(wall seconds, peak RSS MiB, stdout) of a child process.
+
+    The peak is the child's own VmHWM, polled until it exits (rusage's maxrss would include the
+    forking parent's memory); DataLoader workers are separate processes and not counted.
+    """
     start = time.perf_counter()
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
-    out = process.stdout.read()
-    err = process.stderr.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - start
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        process = subprocess.Popen(args, stdout=out, stderr=err, cwd=REPO)
+        rss = 0.0
+        while process.poll() is None:
+            rss = max(rss, peak_rss_mib(process.pid))
+            time.sleep(0.1)
+        wall = time.perf_counter() - start
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(), err.read().decode(errors="replace")
     if process.returncode:
-        tail = err.decode(errors="replace").strip().splitlines()[-1:] or ["(no message)"]
+        tail = stderr.strip().splitlines()[-1:] or ["(no message)"]
         sys.exit(f"bench.py: error: {' '.join(map(str, args[1:4]))} ... exited {process.returncode}: {tail[0]}")
-    return wall, usage.ru_maxrss / 1024, out.decode()
+    return wall, rss, stdout
 
 
 def classic_whole_run(data_dir: str, trainable: str, train_size) -> dict:
     wall, rss, out = run_measured([sys.executable, __file__, "--classic", trainable, "--data-dir", data_dir,
                                    *(["--train-size", str(train_size)] if train_size else [])])
     result = json.loads(out.strip().splitlines()[-1])
-    return {**result, "wall": wall, "rss_mib": rss, "startup_seconds": wall - result["train_seconds"]}
+    return {**result, "wall": wall, "rss_mib": rss,
+            "startup_seconds": wall - result["train_seconds"] - result["eval_seconds"]}
 
 
 def project_whole_run(data_dir: str, trainable: str, train_size, extra: list) -> dict:
@@ -271,19 +289,19 @@ def main(argv=None) -> int:
             base = base or rate
             rows.append([t, name, f"{rate:.0f}", f"{rate / base:.2f}x", f"{r['images'] / r['train_seconds']:.0f}",
                          f"{100 * rate * flops[t] / 1e9 / peak[precision]:.0f} %", f"{r['startup_seconds']:.1f}",
-                         f"{r['wall']:.0f}", f"{r['rss_mib']:.0f}", f"{r['val_acc']:.2f}"])
+                         f"{r['eval_seconds']:.1f}", f"{r['wall']:.0f}", f"{r['rss_mib']:.0f}", f"{r['val_acc']:.2f}"])
         for name, compute in steps.items():
             rate = bare[(t, name)]
             peak_used = peak[compute.precision]
             rows.append([t, f"bare step, synthetic tensors ({name}: {compute.precision}, "
                             f"{'channels-last' if compute.channels_last else 'NCHW'})", f"{rate:.0f}",
                          f"{rate / base:.2f}x", "",
-                         f"{100 * rate * flops[t] / 1e9 / peak_used:.0f} %", "", "", "", ""])
+                         f"{100 * rate * flops[t] / 1e9 / peak_used:.0f} %", "", "", "", "", ""])
         print(flush=True)
     print(f"\n## Whole runs: 1 epoch ({'10,000' if train_size else 'all 45,000'} training images) + 5,000 val, "
           f"batch {BATCH}, SGD\n")
     print(table(["trained", "pipeline", "img/s (whole run)", "vs classic", "img/s (training loop)", "% of peak",
-                 "start-up s", "wall s", "peak RSS MiB", "val acc"], rows))
+                 "start-up + exit s", "eval s", "wall s", "peak RSS MiB", "val acc"], rows))
     print()
     for name in ("default", "bf16"):
         step_ms = 1000 * BATCH / bare[("bn", name)]

@@ -16,10 +16,12 @@ from typing import Optional
 
 ARCHS = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet1202")
 TRAINABLE = ("all", "bn", "bn+fc", "fc", "none")
-OPTIMIZERS = ("sgd", "lbfgs")
+OPTIMIZERS = ("sgd", "lbfgs", "adam", "adamw", "rmsprop", "adagrad", "nadam", "radam")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-DEFAULT_LR = {"sgd": 0.1, "lbfgs": 1.0}  # used when --lr is not given
-DEFAULT_BN_RECALIBRATE = {"sgd": 0, "lbfgs": 4096}  # images; used when --bn-recalibrate is not given
+# used when --lr is not given: the classic CIFAR ResNet value for SGD, torch.optim's defaults otherwise
+DEFAULT_LR = {"sgd": 0.1, "lbfgs": 1.0, "adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-2, "adagrad": 1e-2,
+              "nadam": 2e-3, "radam": 1e-3}
+DEFAULT_BN_RECALIBRATE = {"lbfgs": 4096}  # images; used when --bn-recalibrate is not given (0 if not listed)
 
 
 class ConfigError(ValueError):
@@ -46,6 +48,18 @@ def int_list(text) -> list:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def float_list(text, length: int) -> list:
+    """Parse '0.9,0.999' (or a list from a config file) into `length` floats."""
+    values = text if isinstance(text, (list, tuple)) else str(text).replace(" ", "").split(",")
+    try:
+        values = [float(v) for v in values]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {length} comma-separated numbers, got {text!r}") from None
+    if len(values) != length:
+        raise argparse.ArgumentTypeError(f"expected {length} comma-separated numbers, got {text!r}")
+    return values
+
+
 def _flag(help, *aliases, **kwargs):
     return {"help": help, "aliases": aliases, **kwargs}
 
@@ -61,7 +75,7 @@ class Config:
     bn_init: str = field(default="uniform", metadata=_flag(
         "BatchNorm init: uniform (gamma ~ U[0,1), beta = 0) or ones", choices=("uniform", "ones")))
     # optimisation
-    optimizer: str = field(default="sgd", metadata=_flag("optimizer", choices=OPTIMIZERS))
+    optimizer: str = field(default="sgd", metadata=_flag("torch.optim optimizer", choices=OPTIMIZERS))
     use_lbfgs: Optional[bool] = field(default=None, metadata=_flag(
         "true/false: shorthand for --optimizer lbfgs / sgd", type=str2bool, metavar="BOOL"))
     epochs: int = field(default=160, metadata=_flag("number of epochs"))
@@ -69,6 +83,12 @@ class Config:
     lr: Optional[float] = field(default=None, metadata=_flag(
         "learning rate; for L-BFGS the initial step (default 0.1 for SGD, 1.0 for L-BFGS)"))
     momentum: float = field(default=0.9, metadata=_flag("SGD momentum"))
+    nesterov: bool = field(default=False, metadata=_flag("SGD: Nesterov momentum", type=str2bool, metavar="BOOL"))
+    betas: Optional[list] = field(default=None, metadata=_flag(
+        "adam/adamw/nadam/radam: the two moment decay rates, e.g. 0.9,0.999 (default: torch's)",
+        type=lambda text: float_list(text, 2), metavar="B1,B2"))
+    eps: Optional[float] = field(default=None, metadata=_flag(
+        "adaptive optimizers: the denominator's epsilon (default: torch's for each optimizer)"))
     weight_decay: float = field(default=1e-4, metadata=_flag(
         "L2 weight decay, applied to every trainable parameter, BatchNorm gamma/beta included", "--wd"))
     schedule: str = field(default="multistep", metadata=_flag(
@@ -245,7 +265,7 @@ def resolve(cfg: Config, given: set) -> Config:
     if cfg.lr is None:
         cfg.lr = DEFAULT_LR[cfg.optimizer]
     if cfg.bn_recalibrate is None:
-        cfg.bn_recalibrate = DEFAULT_BN_RECALIBRATE[cfg.optimizer]
+        cfg.bn_recalibrate = DEFAULT_BN_RECALIBRATE.get(cfg.optimizer, 0)
     if cfg.milestones is None and cfg.schedule == "multistep":
         cfg.milestones = sorted({m for m in (int(cfg.epochs * 0.5), int(cfg.epochs * 0.75)) if m >= 1})
     validate(cfg)
@@ -274,6 +294,14 @@ def validate(cfg: Config) -> None:
     for name in ("momentum", "weight_decay"):
         value = getattr(cfg, name)
         require(math.isfinite(value) and value >= 0, f"--{name.replace('_', '-')} must be finite and >= 0, got {value}")
+    require(not cfg.nesterov or (cfg.optimizer == "sgd" and cfg.momentum > 0),
+            "--nesterov needs --optimizer sgd and --momentum above 0")
+    require(cfg.betas is None or cfg.optimizer in ("adam", "adamw", "nadam", "radam"),
+            f"--betas is for adam, adamw, nadam and radam, not {cfg.optimizer}")
+    require(cfg.eps is None or cfg.optimizer not in ("sgd", "lbfgs"), f"--eps is not a setting of {cfg.optimizer}")
+    require(cfg.betas is None or all(0 <= b < 1 for b in cfg.betas),
+            f"--betas must be two numbers in [0, 1), got {cfg.betas}")
+    require(cfg.eps is None or (math.isfinite(cfg.eps) and cfg.eps > 0), f"--eps must be above 0, got {cfg.eps}")
     if cfg.schedule == "multistep":
         require(all(m >= 1 for m in cfg.milestones) and cfg.milestones == sorted(cfg.milestones),
                 f"--milestones must be increasing epochs >= 1, got {cfg.milestones}")

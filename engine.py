@@ -51,11 +51,21 @@ def build_optimizer(cfg, params: list):
     if not params:
         return None
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               nesterov=cfg.nesterov)
     if cfg.optimizer == "lbfgs":  # weight decay enters the loss in lbfgs_step: LBFGS has no such option
         return torch.optim.LBFGS(params, lr=cfg.lr, max_iter=cfg.lbfgs_max_iter, history_size=cfg.lbfgs_history,
                                  line_search_fn="strong_wolfe")
-    raise ValueError(f"unknown optimizer: {cfg.optimizer}")
+    adaptive = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "rmsprop": torch.optim.RMSprop,
+                "adagrad": torch.optim.Adagrad, "nadam": torch.optim.NAdam, "radam": torch.optim.RAdam}
+    if cfg.optimizer not in adaptive:
+        raise ValueError(f"unknown optimizer: {cfg.optimizer}")
+    options = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}  # AdamW decouples it; the others add it to the gradient
+    if cfg.eps is not None:
+        options["eps"] = cfg.eps
+    if cfg.betas is not None and cfg.optimizer in ("adam", "adamw", "nadam", "radam"):
+        options["betas"] = tuple(cfg.betas)
+    return adaptive[cfg.optimizer](params, **options)
 
 
 def build_scheduler(cfg, optimizer):
@@ -226,8 +236,11 @@ def recalibrate_bn(model, images: torch.Tensor, stats, count: int, compute: Comp
 
 
 @torch.inference_mode()
-def evaluate(model, split, stats, compute: Compute, batch_size: int = 1024) -> dict:
-    """Mean cross-entropy and accuracy (%) over a whole split, in eval mode."""
+def evaluate(model, split, stats, compute: Compute, batch_size: int = 256) -> dict:
+    """Mean cross-entropy and accuracy (%) over a whole split, in eval mode.
+
+    Batches of 256 were the fastest on a 2-core CPU (fp32 and bf16; 1,024 was 25-30 % slower).
+    """
     images, labels = split
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=labels.device)

@@ -108,3 +108,42 @@ def test_help_lists_every_setting(capsys):
     text = capsys.readouterr().out
     for f in dataclasses.fields(Config):
         assert "--" + f.name.replace("_", "-") in text, f.name
+
+
+@pytest.mark.parametrize("optimizer, lr", [("adam", 1e-3), ("adamw", 1e-3), ("rmsprop", 1e-2), ("adagrad", 1e-2),
+                                           ("nadam", 2e-3), ("radam", 1e-3)])
+def test_adaptive_optimizers_get_their_default_lr_and_build(optimizer, lr):
+    from engine import build_optimizer
+    from resnet import build_model, freeze
+    cfg = parse_args(["--optimizer", optimizer])[0]
+    assert cfg.lr == lr and cfg.bn_recalibrate == 0
+    built = build_optimizer(cfg, freeze(build_model("resnet20"), "bn"))
+    assert type(built).__name__.lower() == optimizer and built.param_groups[0]["lr"] == lr
+    assert parse_args(["--optimizer", optimizer, "--lr", "0.05"])[0].lr == 0.05
+
+
+def test_betas_eps_and_nesterov_reach_the_optimizer():
+    from engine import build_optimizer
+    from resnet import build_model, freeze
+    params = freeze(build_model("resnet20"), "bn")
+    adam = build_optimizer(parse_args(["--optimizer", "adam", "--betas", "0.8,0.99", "--eps", "1e-6"])[0], params)
+    assert adam.param_groups[0]["betas"] == (0.8, 0.99) and adam.param_groups[0]["eps"] == 1e-6
+    assert build_optimizer(parse_args(["--nesterov", "true"])[0], params).param_groups[0]["nesterov"]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--optimizer", "adam", "--betas", "0.9"], "2 comma-separated numbers"),
+    (["--optimizer", "adam", "--betas", "0.9,1.5"], "--betas must be"),
+    (["--betas", "0.9,0.99"], "--betas is for adam"),
+    (["--optimizer", "rmsprop", "--eps", "0"], "--eps must be above 0"),
+    (["--eps", "1e-8"], "--eps is not a setting of sgd"),
+    (["--optimizer", "adam", "--nesterov", "true"], "--nesterov needs"),
+    (["--momentum", "0", "--nesterov", "true"], "--nesterov needs"),
+])
+def test_bad_optimizer_settings(args, words, capsys):
+    import train
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0], err

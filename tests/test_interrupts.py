@@ -47,7 +47,7 @@ def reference_history(tmp_path, optimizer):
     return without_timings(read_csv(tmp_path / "straight" / "history.csv"))
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "lbfgs"])
+@pytest.mark.parametrize("optimizer", ["sgd", "lbfgs", "adam"])
 def test_sigkill_at_random_moments_then_resume_gives_the_same_history(tmp_path, optimizer):
     expected = reference_history(tmp_path, optimizer)
     folder = tmp_path / "killed"
