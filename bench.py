@@ -204,7 +204,7 @@ def project_whole_run(data_dir: str, trainable: str, train_size, extra: list) ->
             header, row = fh.read().splitlines()[:2]
         history = dict(zip(header.split(","), row.split(",")))
     train_seconds = float(history["epoch_seconds"]) - float(history["eval_seconds"])
-    images = int(round(float(history["images_per_second"]) * train_seconds))
+    images = train_size or sum(len(files) for _, _, files in os.walk(os.path.join(data_dir, "train"))) - VAL_SPLIT
     return {"images": images, "wall": wall, "rss_mib": rss, "train_seconds": train_seconds,
             "epoch_seconds": float(history["epoch_seconds"]), "eval_seconds": float(history["eval_seconds"]),
             "startup_seconds": wall - float(history["epoch_seconds"]), "passes": int(history["passes"]),

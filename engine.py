@@ -1,5 +1,6 @@
 """One epoch of training (SGD or L-BFGS), evaluation, and the optimizer and schedule factories."""
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -32,9 +33,11 @@ class Compute:
     channels_last: bool = False
 
     def autocast(self):
-        """bf16/fp16 convolutions and matmuls; BatchNorm keeps fp32 statistics and parameters, the loss is fp32."""
-        dtype = AUTOCAST_DTYPES.get(self.precision, torch.bfloat16)
-        return torch.autocast(self.device.type, dtype=dtype, enabled=self.precision in AUTOCAST_DTYPES)
+        """bf16/fp16 convolutions and matmuls; BatchNorm keeps fp32 statistics and parameters, the loss is fp32.
+        No autocast at all for fp32 (older torch rejects autocast on some devices even when disabled)."""
+        if self.precision not in AUTOCAST_DTYPES:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES[self.precision])
 
     def inputs(self, images: torch.Tensor, stats) -> torch.Tensor:
         """uint8 images -> normalised float model input, in the chosen memory layout."""
@@ -42,8 +45,8 @@ class Compute:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def grad_scaler(self):
-        """Loss scaling for fp16 (a pass-through otherwise)."""
-        return torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        """Loss scaling for fp16; None for the other precisions, which need none."""
+        return torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
 
 
 def build_optimizer(cfg, params: list):
@@ -134,16 +137,20 @@ def lbfgs_step(model, optimizer, images, labels, weight_decay: float, compute: C
     return {"loss": first["loss"], "correct": first["correct"], "passes": passes, "rolled_back": True}
 
 
-def sgd_step(model, optimizer, images, labels, compute: Compute, scaler) -> dict:
+def sgd_step(model, optimizer, images, labels, compute: Compute, scaler=None) -> dict:
     """One forward/backward/step; with no optimizer only the forward pass (BN statistics still move)."""
     with torch.set_grad_enabled(optimizer is not None), compute.autocast():
         logits = model(images)
         loss = F.cross_entropy(logits, labels)
     if optimizer is not None:
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
     return {"loss": loss.detach(), "correct": (logits.argmax(1) == labels).sum(), "passes": 1, "rolled_back": False}
 
 
@@ -170,7 +177,6 @@ def train_one_epoch(model, optimizer, cfg, train_split, stats, generator, epoch:
     device, except L-BFGS's own line search: losses and counts are summed on it and read at the end.
     """
     images, labels = train_split  # (N, 3, H, W) uint8 and (N,) int64, on the training device
-    scaler = scaler or compute.grad_scaler()
     progress = progress or start_epoch(len(labels), generator)
     lbfgs = cfg.optimizer == "lbfgs" and optimizer is not None
     batches = progress["order"].split(cfg.lbfgs_batch_size if lbfgs else cfg.batch_size)

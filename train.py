@@ -160,7 +160,7 @@ class Experiment:
     scheduler: object
     generator: torch.Generator  # data order and augmentation
     compute: Compute  # device, precision, memory layout
-    scaler: object  # fp16 loss scaling (a pass-through otherwise)
+    scaler: object  # fp16 loss scaling (None otherwise)
     splits: dict  # name -> (images (N,3,H,W) uint8, labels (N,) int64) on the device
     stats: tuple  # normalisation mean and std, (3, 1, 1) tensors on the device
     normalization: dict  # the same as plain lists, for the checkpoint
@@ -236,12 +236,12 @@ def train(cfg: Config, ex: Experiment, device: torch.device) -> int:
     if "test" not in ex.splits and "val" not in ex.splits:
         print("note: no test split and no --val-split: only training metrics are recorded", file=sys.stderr)
     checkpoint_file = os.path.join(cfg.save_dir, "checkpoint.pt")
-    last_save = time.monotonic()
+    last_save, saved_epoch = time.monotonic(), None
 
     def save(epoch: int, progress=None) -> None:
-        nonlocal last_save
+        nonlocal last_save, saved_epoch
         save_checkpoint(checkpoint_file, checkpoint_state(cfg, ex, epoch, progress))
-        last_save = time.monotonic()
+        last_save, saved_epoch = time.monotonic(), (epoch if progress is None else None)
 
     with GracefulStop() as stop:
         for epoch in range(ex.start_epoch, cfg.epochs + 1):
@@ -250,8 +250,8 @@ def train(cfg: Config, ex: Experiment, device: torch.device) -> int:
                 due = cfg.checkpoint_minutes and time.monotonic() - last_save >= 60 * cfg.checkpoint_minutes
                 if stop.signal is None and not due:
                     return
-                if not torch.isfinite(progress["loss_sum"]):
-                    raise TrainingDiverged(f"the training loss is not finite in epoch {epoch}")
+                if not all(bool(torch.isfinite(t).all()) for t in [progress["loss_sum"], *ex.params]):
+                    raise TrainingDiverged(f"the training loss or parameters are not finite in epoch {epoch}")
                 save(epoch - 1, {**progress, "epoch": epoch})
                 if stop.signal is not None:
                     raise RunStopped(stop.signal, cfg.save_dir, f"in epoch {epoch} after batch {progress['step']}")
@@ -267,6 +267,8 @@ def train(cfg: Config, ex: Experiment, device: torch.device) -> int:
             write_json(os.path.join(cfg.save_dir, "summary.json"),
                        summarize(ex.history, trainable, total, world_size=1))
             if stop.signal is not None and epoch < cfg.epochs:
+                if saved_epoch != epoch:  # the signal came while this epoch's files were being written
+                    save(epoch)
                 raise RunStopped(stop.signal, cfg.save_dir, f"after epoch {epoch}")
     return 0
 
@@ -275,8 +277,8 @@ def checkpoint_state(cfg: Config, ex: Experiment, epoch: int, progress=None) -> 
     """The one dict saved as checkpoint.pt (plain tensors and containers only); `epoch` is the last
     completed epoch, `progress` the state of the next one when saved within it."""
     return {"model": ex.model.state_dict(), "optimizer": ex.optimizer.state_dict() if ex.optimizer else None,
-            "scheduler": ex.scheduler.state_dict() if ex.scheduler else None, "scaler": ex.scaler.state_dict(),
-            "epoch": epoch,
+            "scheduler": ex.scheduler.state_dict() if ex.scheduler else None,
+            "scaler": ex.scaler.state_dict() if ex.scaler is not None else None, "epoch": epoch,
             "rng": rng_state(ex.generator), "config": to_dict(cfg), "normalization": ex.normalization,
             "history": ex.history, "num_classes": ex.num_classes, "progress": progress}
 
@@ -289,7 +291,7 @@ def restore(checkpoint: dict, model, optimizer, scheduler, scaler, generator) ->
             optimizer.load_state_dict(checkpoint["optimizer"])
         if scheduler is not None and checkpoint.get("scheduler"):
             scheduler.load_state_dict(checkpoint["scheduler"])
-        if checkpoint.get("scaler"):
+        if scaler is not None and checkpoint.get("scaler"):
             scaler.load_state_dict(checkpoint["scaler"])
         if generator is not None:  # None: only evaluating, no random numbers needed
             set_rng_state(checkpoint["rng"], generator)

@@ -132,7 +132,7 @@ def test_sgd_step_without_optimizer_runs_forward_only():
     model = build_model("resnet20")
     freeze(model, "none")
     before = bn_buffers(model)
-    result = sgd_step(model.train(), None, torch.randn(8, 3, 32, 32), torch.arange(8), FP32, FP32.grad_scaler())
+    result = sgd_step(model.train(), None, torch.randn(8, 3, 32, 32), torch.arange(8), FP32)
     assert result["passes"] == 1 and not result["loss"].requires_grad
     assert not torch.equal(before[0], model.bn1.running_mean)
 
