@@ -253,7 +253,9 @@ def main(argv=None) -> int:
     parser.add_argument("--train-size", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if not os.path.isdir(os.path.join(args.data_dir, "train")):
-        sys.exit(f"bench.py: error: no train/ folder in {args.data_dir}; point --data-dir at an ImageFolder root")
+        print(f"bench.py: error: no train/ folder in {args.data_dir}; point --data-dir at an ImageFolder root",
+              file=sys.stderr)
+        return 2
     if args.classic:
         print(json.dumps(classic_run(args.data_dir, args.classic, args.train_size)))
         return 0
