@@ -25,7 +25,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from engine import Compute, resolve_precision
+from engine import Compute, resolve_precision, sgd_step
 from resnet import build_model, freeze
 
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -56,22 +56,12 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048) -> float:
 def make_step(trainable: str, compute: Compute):
     """A training step (SGD, batch 128) on fixed synthetic tensors, as train.py runs it."""
     torch.manual_seed(0)
-    model = build_model("resnet32")
-    if compute.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = compute.place(build_model("resnet32")).train()
     optimizer = torch.optim.SGD(freeze(model, trainable), lr=0.1, momentum=0.9, weight_decay=1e-4)
     x = torch.randn(BATCH, 3, 32, 32)
     x = x.contiguous(memory_format=torch.channels_last) if compute.channels_last else x
     y = torch.randint(0, 10, (BATCH,))
-    model.train()
-
-    def step():
-        with compute.autocast():
-            loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return step
+    return lambda: sgd_step(model, optimizer, x, y, compute)
 
 
 def step_flops(trainable: str) -> float:
@@ -99,9 +89,7 @@ def data_path_ms(compute: Compute, batches: int = 100) -> float:
 def eval_seconds(compute: Compute, n: int = 10000) -> float:
     """Seconds to evaluate n images the way train.py does (uint8 tensors in memory)."""
     from engine import evaluate
-    model = build_model("resnet32")
-    if compute.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = compute.place(build_model("resnet32"))
     split = (torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 10, (n,)))
     stats = (torch.full((3, 1, 1), 0.5), torch.full((3, 1, 1), 0.25))
     evaluate(model, (split[0][:1024], split[1][:1024]), stats, compute)  # warm-up
@@ -222,7 +210,7 @@ def startup_parts(data_dir: str) -> dict:
     start = time.perf_counter()
     load_dataset(cfg)
     loaded = time.perf_counter()
-    build_model("resnet32").to(memory_format=torch.channels_last)
+    Compute(torch.device("cpu"), channels_last=True).place(build_model("resnet32"))
     return {"import": float(out), "cache_load": loaded - start, "model_build": time.perf_counter() - loaded}
 
 

@@ -127,7 +127,7 @@ class Config:
     precision: str = field(default="auto", metadata=_flag(
         "arithmetic of convolutions and matmuls: fp32, or bf16/fp16 autocast (BatchNorm statistics, parameters "
         "and the loss stay fp32); auto: the fastest precision whose accuracy matched fp32 on this device "
-        "type, which so far is fp32 everywhere (bf16 is about 2x faster on CPUs with native bf16 but cost "
+        "type, which so far is fp32 everywhere (bf16 is about 1.7x faster on CPUs with native bf16 but cost "
         "0.9 points of accuracy: BENCHMARKS.md)", choices=PRECISIONS))
     half: Optional[bool] = field(default=None, metadata=_flag(
         "shorthand for --precision fp16 (the original project's flag)", action="store_true"))

@@ -39,6 +39,11 @@ class Compute:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES[self.precision])
 
+    def place(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model on the device, in the chosen memory layout."""
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
     def inputs(self, images: torch.Tensor, stats) -> torch.Tensor:
         """uint8 images -> normalised float model input, in the chosen memory layout."""
         x = normalize(images, *stats)
@@ -66,7 +71,7 @@ def build_optimizer(cfg, params: list):
     options = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}  # AdamW decouples it; the others add it to the gradient
     if cfg.eps is not None:
         options["eps"] = cfg.eps
-    if cfg.betas is not None and cfg.optimizer in ("adam", "adamw", "nadam", "radam"):
+    if cfg.betas is not None:  # validate() allows it only for the Adam family
         options["betas"] = tuple(cfg.betas)
     return adaptive[cfg.optimizer](params, **options)
 
@@ -93,6 +98,11 @@ def restore_bn_buffers(model, saved: list) -> None:
     buffers = [b for m in model.modules() if is_batchnorm(m) for b in m.buffers()]
     for buffer, value in zip(buffers, saved):
         buffer.copy_(value)
+
+
+def all_finite(tensors) -> bool:
+    """True when every element of every tensor is finite (one host sync, however many tensors)."""
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
 
 def l2_penalty(params: list, weight_decay: float):
@@ -127,7 +137,7 @@ def lbfgs_step(model, optimizer, images, labels, weight_decay: float, compute: C
 
     optimizer.step(closure)
     restore_bn_buffers(model, first["bn"])
-    if bool(torch.stack([torch.isfinite(first["loss"])] + [torch.isfinite(p).all() for p in params]).all()):
+    if all_finite([first["loss"], *params]):
         return {"loss": first["loss"], "correct": first["correct"], "passes": passes, "rolled_back": False}
     with torch.no_grad():
         for p, saved in zip(params, before[0]):

@@ -21,8 +21,8 @@ import torch
 
 from config import FIELDS, RUNTIME_SETTINGS, Config, ConfigError, fail, parse_args, resolve, to_dict
 from data import load_dataset
-from engine import (Compute, TrainingDiverged, build_optimizer, build_scheduler, evaluate, recalibrate_bn,
-                    resolve_precision, train_one_epoch)
+from engine import (Compute, TrainingDiverged, all_finite, build_optimizer, build_scheduler, evaluate,
+                    recalibrate_bn, resolve_precision, train_one_epoch)
 from resnet import build_model, count_parameters, freeze
 from runfiles import (RUN_FILES, CheckpointError, check_save_dir, checkpoint_path, load_checkpoint, rng_state,
                       save_checkpoint, set_rng_state, summarize, write_history, write_json)
@@ -203,9 +203,7 @@ def build_experiment(cfg: Config, device: torch.device, checkpoint) -> Experimen
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     dataset = load_dataset(cfg)
     compute = Compute(device, resolve_precision(cfg.precision, device), cfg.channels_last)
-    model = build_model(cfg.arch, dataset.num_classes, cfg.width, cfg.bn_init).to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = compute.place(build_model(cfg.arch, dataset.num_classes, cfg.width, cfg.bn_init))
     params = freeze(model, cfg.trainable)
     optimizer = build_optimizer(cfg, params)
     scheduler = build_scheduler(cfg, optimizer)
@@ -250,7 +248,7 @@ def train(cfg: Config, ex: Experiment, device: torch.device) -> int:
                 due = cfg.checkpoint_minutes and time.monotonic() - last_save >= 60 * cfg.checkpoint_minutes
                 if stop.signal is None and not due:
                     return
-                if not all(bool(torch.isfinite(t).all()) for t in [progress["loss_sum"], *ex.params]):
+                if not all_finite([progress["loss_sum"], *ex.params]):
                     raise TrainingDiverged(f"the training loss or parameters are not finite in epoch {epoch}")
                 save(epoch - 1, {**progress, "epoch": epoch})
                 if stop.signal is not None:
