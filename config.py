@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 ARCHS = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet1202")
-TRAINABLE = ("all", "bn", "bn+fc", "fc", "none")
+TRAINABLE = ("all", "bn", "bn+fc", "fc", "none", "random")
+PHASE_MODES = ("all", "bn", "bn+fc", "fc", "none")  # random draws its entries once, so it cannot be a later phase
+BN_INITS = ("uniform", "ones", "normal", "signed")
 OPTIMIZERS = ("sgd", "lbfgs", "adam", "adamw", "rmsprop", "adagrad", "nadam", "radam")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # used when --lr is not given: the classic CIFAR ResNet value for SGD, torch.optim's defaults otherwise
@@ -60,6 +62,43 @@ def float_list(text, length: int) -> list:
     return values
 
 
+def phase_list(text) -> list:
+    """Parse 'bn:5,all:155' (or a config file's list of such items or of [mode, epochs] pairs) into
+    [[mode, epochs], ...]."""
+    items = text if isinstance(text, (list, tuple)) else str(text).replace(" ", "").split(",")
+    phases = []
+    for item in items:
+        parts = item.split(":") if isinstance(item, str) else list(item)
+        try:
+            mode, epochs = str(parts[0]), int(parts[1])
+            if len(parts) != 2 or mode not in PHASE_MODES or epochs < 1:
+                raise ValueError
+        except (ValueError, IndexError, TypeError):
+            raise argparse.ArgumentTypeError(
+                f"expected MODE:EPOCHS,... with MODE one of {'/'.join(PHASE_MODES)} and EPOCHS >= 1, "
+                f"e.g. bn:5,all:155; got {text!r}") from None
+        phases.append([mode, epochs])
+    if not phases:
+        raise argparse.ArgumentTypeError(f"expected at least one MODE:EPOCHS phase, got {text!r}")
+    return phases
+
+
+def default_milestones(epochs: int) -> list:
+    """50 % and 75 % of the epochs (the classic 80,120 of 160), without 0 or repeats."""
+    return sorted({m for m in (int(epochs * 0.5), int(epochs * 0.75)) if m >= 1})
+
+
+def phase_at(cfg, epoch: int) -> tuple:
+    """(index, mode, epochs) of the phase that 1-based `epoch` belongs to; a run without --phases is one
+    phase of its -t mode (epochs past the end count to the last phase)."""
+    phases = cfg.phases or [[cfg.trainable, cfg.epochs]]
+    end = 0
+    for index, (mode, epochs) in enumerate(phases):
+        end += epochs
+        if epoch <= end or index == len(phases) - 1:
+            return index, mode, epochs
+
+
 def _flag(help, *aliases, **kwargs):
     return {"help": help, "aliases": aliases, **kwargs}
 
@@ -71,9 +110,16 @@ class Config:
     width: int = field(default=1, metadata=_flag("channel multiplier: stages have 16K/32K/64K channels"))
     trainable: str = field(default="all", metadata=_flag(
         "parameters to train: all | bn (BatchNorm gamma/beta only) | bn+fc | fc (final linear) | "
-        "none (forward passes only: BN running statistics still update)", "-t", choices=TRAINABLE))
+        "none (forward passes only: BN running statistics still update) | random (the paper's control: 2 "
+        "randomly chosen conv weights per output channel, as many as BN has gamma/beta; BN stays frozen)",
+        "-t", choices=TRAINABLE))
+    phases: Optional[list] = field(default=None, metadata=_flag(
+        "train in phases instead of one -t mode, e.g. bn:5,all:155 (5 BN-only epochs, then 155 of full "
+        "training); the optimizer and the schedule start afresh in each phase; --epochs is their sum",
+        type=phase_list, metavar="MODE:EPOCHS,..."))
     bn_init: str = field(default="uniform", metadata=_flag(
-        "BatchNorm init: uniform (gamma ~ U[0,1), beta = 0) or ones", choices=("uniform", "ones")))
+        "BatchNorm gamma init: uniform U[0,1), ones, normal N(0,1) or signed U[-1,1); beta = 0",
+        choices=BN_INITS))
     # optimisation
     optimizer: str = field(default="sgd", metadata=_flag("torch.optim optimizer", choices=OPTIMIZERS))
     use_lbfgs: Optional[bool] = field(default=None, metadata=_flag(
@@ -90,15 +136,32 @@ class Config:
     eps: Optional[float] = field(default=None, metadata=_flag(
         "adaptive optimizers: the denominator's epsilon (default: torch's for each optimizer)"))
     weight_decay: float = field(default=1e-4, metadata=_flag(
-        "L2 weight decay, applied to every trainable parameter, BatchNorm gamma/beta included", "--wd"))
+        "L2 weight decay, applied to every trainable parameter (BatchNorm's too unless --bn-weight-decay false)",
+        "--wd"))
+    bn_weight_decay: bool = field(default=True, metadata=_flag(
+        "apply --weight-decay to BatchNorm gamma/beta as well", type=str2bool, metavar="BOOL"))
+    label_smoothing: float = field(default=0.0, metadata=_flag(
+        "training loss: cross-entropy against labels smoothed by this much (evaluation uses plain labels)"))
     schedule: str = field(default="multistep", metadata=_flag(
         "learning-rate schedule, stepped per epoch: multistep (x0.1 at the milestones), cosine, constant",
         choices=("multistep", "cosine", "constant")))
     milestones: Optional[list] = field(default=None, metadata=_flag(
-        "multistep epochs, e.g. 80,120 (default: 50%% and 75%% of --epochs)", type=int_list, metavar="E1,E2"))
+        "multistep epochs, e.g. 80,120 (default: 50%% and 75%% of --epochs, or of each phase)", type=int_list,
+        metavar="E1,E2"))
+    warmup_epochs: int = field(default=0, metadata=_flag(
+        "raise the learning rate linearly over this many first epochs (of each phase) before the schedule"))
     lbfgs_history: int = field(default=10, metadata=_flag("L-BFGS memory (number of curvature pairs)"))
     lbfgs_max_iter: int = field(default=5, metadata=_flag("L-BFGS iterations per optimizer step (per batch)"))
     lbfgs_batch_size: int = field(default=512, metadata=_flag("images in the fixed batch of one L-BFGS step"))
+    lbfgs_chunk_size: int = field(default=0, metadata=_flag(
+        "L-BFGS: evaluate the batch in chunks of this many images and sum their gradients, for batches "
+        "larger than memory allows (BatchNorm normalises each chunk on its own; 0: the whole batch at once)"))
+    lbfgs_line_search: str = field(default="strong_wolfe", metadata=_flag(
+        "L-BFGS step length: strong_wolfe line search, or none (fixed steps of --lr)",
+        choices=("strong_wolfe", "none")))
+    lbfgs_history_mode: str = field(default="persist", metadata=_flag(
+        "L-BFGS curvature memory across batches: persist, or reset before every batch",
+        choices=("persist", "reset")))
     bn_recalibrate: Optional[int] = field(default=None, metadata=_flag(
         "before each evaluation, re-estimate BN running statistics as the plain average over N fixed "
         "training images (0: keep the running averages; default 4096 for L-BFGS, whose few large steps "
@@ -266,8 +329,19 @@ def resolve(cfg: Config, given: set) -> Config:
         cfg.lr = DEFAULT_LR[cfg.optimizer]
     if cfg.bn_recalibrate is None:
         cfg.bn_recalibrate = DEFAULT_BN_RECALIBRATE.get(cfg.optimizer, 0)
-    if cfg.milestones is None and cfg.schedule == "multistep":
-        cfg.milestones = sorted({m for m in (int(cfg.epochs * 0.5), int(cfg.epochs * 0.75)) if m >= 1})
+    if cfg.phases:
+        total = sum(epochs for _, epochs in cfg.phases)
+        if "trainable" in given and cfg.trainable != cfg.phases[0][0]:
+            raise ConfigError("--phases sets what trains in each phase; drop -t/--trainable")
+        if "epochs" in given and cfg.epochs != total:
+            raise ConfigError(f"--epochs {cfg.epochs} contradicts --phases, whose epochs add up to {total}; "
+                              f"drop --epochs")
+        if "milestones" in given:
+            raise ConfigError("--milestones cannot be combined with --phases: each phase's multistep schedule "
+                              "drops at 50 % and 75 % of its own epochs")
+        cfg.epochs, cfg.trainable = total, cfg.phases[0][0]
+    elif cfg.milestones is None and cfg.schedule == "multistep":
+        cfg.milestones = default_milestones(cfg.epochs)
     validate(cfg)
     return cfg
 
@@ -281,6 +355,11 @@ def validate(cfg: Config) -> None:
     for name in ("epochs", "batch_size", "width", "lbfgs_history", "lbfgs_max_iter", "lbfgs_batch_size",
                  "save_every", "image_size", "workers"):
         require(getattr(cfg, name) >= 1, f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    require(cfg.lbfgs_chunk_size >= 0, f"--lbfgs-chunk-size must be 0 or more, got {cfg.lbfgs_chunk_size}")
+    shortest = min(epochs for _, epochs in cfg.phases) if cfg.phases else cfg.epochs
+    require(0 <= cfg.warmup_epochs < shortest, f"--warmup-epochs must be at least 0 and below the "
+            f"{'shortest phase' if cfg.phases else 'epochs'} ({shortest}), got {cfg.warmup_epochs}")
+    require(0 <= cfg.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
     for name in ("train_size", "test_size"):
         value = getattr(cfg, name)
         require(value is None or value >= 1, f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -302,7 +381,7 @@ def validate(cfg: Config) -> None:
     require(cfg.betas is None or all(0 <= b < 1 for b in cfg.betas),
             f"--betas must be two numbers in [0, 1), got {cfg.betas}")
     require(cfg.eps is None or (math.isfinite(cfg.eps) and cfg.eps > 0), f"--eps must be above 0, got {cfg.eps}")
-    if cfg.schedule == "multistep":
+    if cfg.schedule == "multistep" and cfg.milestones is not None:
         require(all(m >= 1 for m in cfg.milestones) and cfg.milestones == sorted(cfg.milestones),
                 f"--milestones must be increasing epochs >= 1, got {cfg.milestones}")
     require(not (cfg.precision == "fp16" and cfg.optimizer == "lbfgs"),

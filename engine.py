@@ -2,6 +2,7 @@
 
 import contextlib
 import dataclasses
+import math
 import os
 import time
 
@@ -9,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from config import default_milestones
 from data import augment, epoch_order, fixed_subset_index, normalize
 from resnet import is_batchnorm
 
@@ -54,16 +56,24 @@ class Compute:
         return torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
 
 
-def build_optimizer(cfg, params: list):
-    """torch.optim optimizer over the trainable parameters; None when nothing trains."""
+def build_optimizer(cfg, params: list, no_decay=()):
+    """torch.optim optimizer over the trainable parameters; None when nothing trains.
+
+    Parameters in `no_decay` (e.g. BatchNorm's with --bn-weight-decay false) get no weight decay; for
+    L-BFGS, whose decay is an L2 term in the loss (lbfgs_step), the caller leaves them out of that term.
+    """
     if not params:
         return None
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                               nesterov=cfg.nesterov)
-    if cfg.optimizer == "lbfgs":  # weight decay enters the loss in lbfgs_step: LBFGS has no such option
+    if cfg.optimizer == "lbfgs":  # one parameter group: LBFGS allows no more
         return torch.optim.LBFGS(params, lr=cfg.lr, max_iter=cfg.lbfgs_max_iter, history_size=cfg.lbfgs_history,
-                                 line_search_fn="strong_wolfe")
+                                 line_search_fn=None if cfg.lbfgs_line_search == "none" else cfg.lbfgs_line_search)
+    skip = {id(p) for p in no_decay}
+    groups = [{"params": [p for p in params if id(p) not in skip]},
+              {"params": [p for p in params if id(p) in skip], "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               nesterov=cfg.nesterov)
     adaptive = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "rmsprop": torch.optim.RMSprop,
                 "adagrad": torch.optim.Adagrad, "nadam": torch.optim.NAdam, "radam": torch.optim.RAdam}
     if cfg.optimizer not in adaptive:
@@ -73,20 +83,37 @@ def build_optimizer(cfg, params: list):
         options["eps"] = cfg.eps
     if cfg.betas is not None:  # validate() allows it only for the Adam family
         options["betas"] = tuple(cfg.betas)
-    return adaptive[cfg.optimizer](params, **options)
+    return adaptive[cfg.optimizer](groups, **options)
 
 
-def build_scheduler(cfg, optimizer):
-    """Per-epoch learning-rate schedule; None when there is no optimizer."""
+def lr_factor(epoch: int, epochs: int, schedule: str, milestones, warmup: int = 0) -> float:
+    """The learning rate of 0-based `epoch` of `epochs`, as a fraction of --lr.
+
+    Warmup rises linearly, 1/(W+1), 2/(W+1), ..., over the first W epochs; then multistep multiplies by
+    0.1 at each milestone reached (absolute epochs, as MultiStepLR), cosine falls from 1 towards 0 over
+    the epochs after the warmup (as CosineAnnealingLR), constant stays at 1.
+    """
+    if epoch < warmup:
+        return (epoch + 1) / (warmup + 1)
+    if schedule == "multistep":
+        return 0.1 ** sum(epoch >= m for m in milestones)
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup) / max(epochs - warmup, 1)))
+    if schedule == "constant":
+        return 1.0
+    raise ValueError(f"unknown schedule: {schedule}")
+
+
+def build_scheduler(cfg, optimizer, epochs=None):
+    """Per-epoch learning-rate schedule over `epochs` (default: the run's; a phase passes its own length);
+    None when there is no optimizer."""
     if optimizer is None:
         return None
-    if cfg.schedule == "multistep":
-        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.milestones, gamma=0.1)
-    if cfg.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
-    if cfg.schedule == "constant":
-        return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-    raise ValueError(f"unknown schedule: {cfg.schedule}")
+    epochs = epochs or cfg.epochs
+    milestones = cfg.milestones if cfg.milestones is not None else default_milestones(epochs)
+    lr_factor(0, epochs, cfg.schedule, milestones, cfg.warmup_epochs)  # an unknown schedule fails here
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda epoch: lr_factor(epoch, epochs, cfg.schedule, milestones, cfg.warmup_epochs))
 
 
 def bn_buffers(model) -> list:
@@ -110,30 +137,43 @@ def l2_penalty(params: list, weight_decay: float):
     return 0.5 * weight_decay * sum((p * p).sum() for p in params)
 
 
-def lbfgs_step(model, optimizer, images, labels, weight_decay: float, compute: Compute) -> dict:
+def lbfgs_step(model, optimizer, images, labels, weight_decay: float, compute: Compute, decayed=None,
+               chunk_size: int = 0, label_smoothing: float = 0.0) -> dict:
     """One L-BFGS step on a fixed batch; BN running statistics move once, from the first forward pass.
 
-    The reported loss is the cross-entropy of that first pass (without the L2 term), as SGD reports it.
+    The loss is the batch's mean cross-entropy plus 0.5 * wd * |theta|^2 over `decayed` (default: every
+    trained parameter). With `chunk_size`, each evaluation runs the batch in chunks of that many images
+    and sums their gradients, so the batch may be larger than fits in memory at once; BatchNorm then
+    normalises each chunk with its own statistics. A pass is one evaluation of the whole batch.
+    The reported loss is the cross-entropy of the first pass (without the L2 term), as SGD reports it.
     A step whose loss or result is not finite is rolled back: parameters and BN statistics return to
     where they were, the curvature memory is cleared, and the result says `rolled_back`.
     """
     params = optimizer.param_groups[0]["params"]
+    decayed = params if decayed is None else decayed
     before = [p.detach().clone() for p in params], bn_buffers(model)
+    chunks = list(zip(images.split(chunk_size or len(labels)), labels.split(chunk_size or len(labels))))
     first = {}
     passes = 0
 
     def closure():
         nonlocal passes
         optimizer.zero_grad(set_to_none=True)
-        with compute.autocast():
-            logits = model(images)
-            cross_entropy = F.cross_entropy(logits, labels)
-        loss = cross_entropy + l2_penalty(params, weight_decay)
-        loss.backward()
+        cross_entropy, correct = 0.0, 0
+        for x, y in chunks:
+            with compute.autocast():
+                logits = model(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing) * (len(y) / len(labels))
+            loss.backward()
+            cross_entropy += loss.detach()
+            correct += (logits.argmax(1) == y).sum()
+        penalty = l2_penalty(decayed, weight_decay) if decayed and weight_decay else None
+        if penalty is not None:
+            penalty.backward()
         passes += 1
         if not first:  # the line search calls again; those calls must not move the running statistics
-            first.update(loss=cross_entropy.detach(), correct=(logits.argmax(1) == labels).sum(), bn=bn_buffers(model))
-        return loss
+            first.update(loss=cross_entropy, correct=correct, bn=bn_buffers(model))
+        return cross_entropy + (penalty.detach() if penalty is not None else 0.0)
 
     optimizer.step(closure)
     restore_bn_buffers(model, first["bn"])
@@ -147,11 +187,11 @@ def lbfgs_step(model, optimizer, images, labels, weight_decay: float, compute: C
     return {"loss": first["loss"], "correct": first["correct"], "passes": passes, "rolled_back": True}
 
 
-def sgd_step(model, optimizer, images, labels, compute: Compute, scaler=None) -> dict:
+def sgd_step(model, optimizer, images, labels, compute: Compute, scaler=None, label_smoothing: float = 0.0) -> dict:
     """One forward/backward/step; with no optimizer only the forward pass (BN statistics still move)."""
     with torch.set_grad_enabled(optimizer is not None), compute.autocast():
         logits = model(images)
-        loss = F.cross_entropy(logits, labels)
+        loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
     if optimizer is not None:
         optimizer.zero_grad(set_to_none=True)
         if scaler is None:
@@ -179,18 +219,22 @@ def start_epoch(n: int, generator: torch.Generator) -> dict:
 
 
 def train_one_epoch(model, optimizer, cfg, train_split, stats, generator, epoch: int, compute: Compute,
-                    scaler=None, progress=None, after_step=None) -> dict:
+                    scaler=None, progress=None, after_step=None, no_decay=()) -> dict:
     """Train on every image once, in a seeded order with batched augmentation; returns the epoch's means.
 
     `progress` (from start_epoch, or a mid-epoch checkpoint) is updated after every step, then
-    `after_step(progress)` is called: it may save it or stop the run. Nothing in the loop waits for the
-    device, except L-BFGS's own line search: losses and counts are summed on it and read at the end.
+    `after_step(progress)` is called: it may save it or stop the run. `no_decay`: trained parameters that
+    L-BFGS leaves out of its L2 term (the other optimizers hold that in their groups). Nothing in the loop
+    waits for the device, except L-BFGS's own line search: losses and counts are summed on it and read at the end.
     """
     images, labels = train_split  # (N, 3, H, W) uint8 and (N,) int64, on the training device
     progress = progress or start_epoch(len(labels), generator)
     lbfgs = cfg.optimizer == "lbfgs" and optimizer is not None
     batches = progress["order"].split(cfg.lbfgs_batch_size if lbfgs else cfg.batch_size)
     inject_nan = injected_nan_steps(epoch)
+    if lbfgs:
+        skip = {id(p) for p in no_decay}
+        decayed = [p for p in optimizer.param_groups[0]["params"] if id(p) not in skip]
     model.train()
     bar = tqdm(total=len(labels), initial=progress["images"], unit="img", unit_scale=True, leave=False,
                desc=f"epoch {epoch}", disable=cfg.no_progress, dynamic_ncols=True)
@@ -202,9 +246,12 @@ def train_one_epoch(model, optimizer, cfg, train_split, stats, generator, epoch:
             x = x * float("nan")
         y = labels[index]
         if lbfgs:
-            result = lbfgs_step(model, optimizer, x, y, cfg.weight_decay, compute)
+            if cfg.lbfgs_history_mode == "reset":  # each batch is a new problem: forget the curvature pairs
+                optimizer.state.clear()
+            result = lbfgs_step(model, optimizer, x, y, cfg.weight_decay, compute, decayed, cfg.lbfgs_chunk_size,
+                                cfg.label_smoothing)
         else:
-            result = sgd_step(model, optimizer, x, y, compute, scaler)
+            result = sgd_step(model, optimizer, x, y, compute, scaler, cfg.label_smoothing)
         progress["passes"] += result["passes"]
         if result["rolled_back"]:
             progress["rollbacks"] += 1

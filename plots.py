@@ -1,26 +1,38 @@
-"""Draw loss and accuracy curves from run folders written by the trainer.
+"""Draw loss and accuracy curves, a results table and BatchNorm γ pictures from run folders.
 
-    python plots.py RUN_DIR [RUN_DIR ...] [--out DIR]
+    python plots.py RUN_DIR [RUN_DIR ...] [--out DIR]     # curves
+    python plots.py RUN_DIR [RUN_DIR ...] --table          # markdown table on stdout only
+    python plots.py RUN_DIR [RUN_DIR ...] --gamma [--out DIR]
 
 A run folder holds `history.csv` (one row per epoch: `epoch, lr, train_loss, train_acc,
-[val_loss, val_acc], [test_loss, test_acc], ...`, accuracy in percent) and usually
-`config.json` (a flat dict of the settings). This file reads only those files and never
-imports the trainer, so plots can be redrawn at any time without retraining.
+[val_loss, val_acc], [test_loss, test_acc], ..., [phase]`, accuracy in percent), usually
+`config.json` (a flat dict of the settings) and, for --gamma, `checkpoint.pt`. This file reads
+only those files and never imports the trainer, so plots can be redrawn without retraining.
+
+Runs whose settings differ only in `seed` (see SEED_KEYS) form a seed group: overlays and
+comparisons draw a group of n > 1 runs as its mean curve with a ±1 sample-std band (ddof=1),
+on the epochs all its runs have, labelled '(n seeds)'. A switch of the `phase` column
+(e.g. `bn` -> `all`) is marked by a dotted vertical line in every curve plot.
 
 Files written into --out (default `tmp/`):
   * per run: `<arch>_<OPTIMIZER>_<trainable>_loss.png` and `..._acc.png`, with the train,
     val and test curves (`_<folder name>` is appended when two runs would share a name);
   * with several runs: `train_loss.png`, `train_acc.png`, `val_*.png`, `test_*.png`, one
-    line per run, labelled by the settings in which the runs differ;
-  * with several runs that differ in exactly one setting: `<A>_vs_<B>_loss.png` and
-    `<A>_vs_<B>_acc.png`, train (dashed) and val-or-test (solid) curve per run.
+    line per seed group, labelled by the settings in which the groups differ;
+  * with several groups that differ in exactly one setting: `<A>_vs_<B>_loss.png` and
+    `<A>_vs_<B>_acc.png`, train (dashed) and val-or-test (solid) curve per group;
+  * with --gamma, per run instead: `<prefix>_gamma.png` (γ and β histograms per stage) and
+    `<prefix>_disabled.png` (fraction of channels with |γ| < 0.01 per BN layer).
+--table prints one row per seed group (final and best accuracy, final train metrics, passes,
+as mean ± std) and draws the curves as well only when --out is given.
 
-Reading (`read_run`) and planning (`plan_plots`, which returns plain dicts) are pure;
-only `draw_plot` touches matplotlib, so every decision can be tested without pictures.
+Reading (`read_run`) and planning (`plan_plots`: plain dicts) are pure, with the numbers
+from `analysis.py`; only the `draw_*` functions touch matplotlib.
 """
 
 import argparse
 import csv
+import functools
 import json
 import math
 import os
@@ -32,18 +44,23 @@ matplotlib.use("Agg")  # no screen: write files only
 import matplotlib.pyplot as plt  # noqa: E402  (must follow the backend choice)
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+import analysis  # noqa: E402  (pure numbers: seed statistics, table, phases, γ)
+
 # Settings that say where or how a run was executed, not what was trained.
 BOOKKEEPING_KEYS = frozenset({
     "save_dir", "resume", "evaluate", "save_every", "print_freq", "no_progress", "overwrite",
     "workers", "cache_dir", "data_dir", "download", "config", "versions", "device",
     "world_size", "use_lbfgs", "resolved_device", "global_batch_size",
 })
+# Settings in which runs may differ and still be repeats of one experiment (a seed group).
+# `checkpoint_minutes` is already bookkeeping (see `settings`); named here for the reader.
+SEED_KEYS = frozenset({"seed", "resolved_precision", "checkpoint_minutes"})
 # Settings whose value follows another's default: runs with different optimizers have different
 # default learning rates, and are still a comparison of optimizers.
 # The same holds for the L-BFGS-only settings when only one of the runs uses L-BFGS.
 FOLLOWS = {"optimizer": ("lr", "bn_recalibrate", "lbfgs_history", "lbfgs_max_iter", "lbfgs_batch_size")}
 REQUIRED_COLUMNS = ("epoch", "train_loss", "train_acc")
-# Numeric columns this script knows; any other column (e.g. `phase`) is ignored unread.
+# Numeric columns this script knows; `phase` is read as text; any other column is ignored unread.
 KNOWN_COLUMNS = REQUIRED_COLUMNS + (
     "lr", "val_loss", "val_acc", "test_loss", "test_acc",
     "epoch_seconds", "eval_seconds", "images_per_second", "passes", "rollbacks",
@@ -53,6 +70,9 @@ METRIC_LABELS = {"loss": "loss", "acc": "accuracy (%)"}
 METRIC_WORDS = {"loss": "loss", "acc": "accuracy"}
 FIGURE_SIZE = (7, 4.5)  # inches
 FIGURE_DPI = 110
+HISTOGRAM_BINS = 40  # bars per γ or β histogram
+DEFAULT_OUT = "tmp"
+BAND_ALPHA = 0.2  # opacity of the ±1 std band around a seed group's mean
 
 
 class RunError(Exception):
@@ -91,7 +111,10 @@ def parse_cell(text, column, line, path):
 
 
 def read_history(path):
-    """Return {column: [float per epoch]} for the known columns of `path` (a history.csv)."""
+    """Return {column: [float per epoch]} for the known columns of `path` (a history.csv).
+
+    The text column `phase` (e.g. 'bn' then 'all'), when present, is kept as [str per epoch].
+    """
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:  # tolerate a BOM
             rows = list(csv.reader(f))
@@ -107,7 +130,8 @@ def read_history(path):
     if not body:
         raise RunError(f"no rows in {path}; train for at least one epoch first")
     columns = [(name, header.index(name)) for name in KNOWN_COLUMNS if name in header]
-    history = {name: [] for name, _ in columns}
+    texts = [(name, header.index(name)) for name in analysis.TEXT_COLUMNS if name in header]
+    history = {name: [] for name, _ in columns + texts}
     for line, row in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in row):
             continue
@@ -116,6 +140,8 @@ def read_history(path):
                            f"line {line} in {path}; fix or delete that row")
         for name, index in columns:
             history[name].append(parse_cell(row[index], name, line, path))
+        for name, index in texts:
+            history[name].append(row[index].strip())
     if any(math.isnan(epoch) for epoch in history["epoch"]):
         raise RunError(f"empty epoch cell in {path}; every row needs its epoch number")
     return history
@@ -126,21 +152,47 @@ def folder_name(path):
     return os.path.basename(os.path.abspath(path))
 
 
+def read_folder(path):
+    """Return {'name', 'path', 'config'} for a run folder (config None without config.json)."""
+    if not os.path.isdir(path):
+        raise RunError(f"no such folder {path}; check the path")
+    config_path = os.path.join(path, "config.json")
+    config = read_config(config_path) if os.path.exists(config_path) else None
+    return {"name": folder_name(path), "path": path, "config": config}
+
+
 def read_run(path):
     """Return {'name', 'path', 'config', 'history'} for one run folder, or raise RunError.
 
     `config` is None when the folder has no config.json; `history` maps each known
-    column of history.csv to one float per epoch.
+    column of history.csv to one float per epoch (and `phase` to its text).
     """
-    if not os.path.isdir(path):
-        raise RunError(f"no such folder {path}; check the path")
+    run = read_folder(path)
     history_path = os.path.join(path, "history.csv")
     if not os.path.isfile(history_path):
         raise RunError(f"no history.csv in {path}; pass a folder written by the trainer")
-    config_path = os.path.join(path, "config.json")
-    config = read_config(config_path) if os.path.exists(config_path) else None
-    return {"name": folder_name(path), "path": path, "config": config,
-            "history": read_history(history_path)}
+    return {**run, "history": read_history(history_path)}
+
+
+def read_gamma_run(path):
+    """Return {'name', 'path', 'config', 'gamma'}: `analysis.gamma_stats` of the folder's checkpoint.pt."""
+    run = read_folder(path)
+    checkpoint_path = os.path.join(path, "checkpoint.pt")
+    if not os.path.isfile(checkpoint_path):
+        raise RunError(f"no checkpoint.pt in {path}; train until the trainer saves one")
+    import torch  # only --gamma needs torch: curves and tables stay quick to start
+
+    try:
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch.load raises many types: pickle, zip, OS and runtime errors
+        raise RunError(f"unreadable checkpoint ({e.__class__.__name__}) in {checkpoint_path}; "
+                       "rewrite it with the trainer") from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
+        raise RunError(f"no 'model' state_dict in {checkpoint_path}; pass a checkpoint written by the trainer")
+    stats = analysis.gamma_stats(checkpoint["model"])
+    if not stats["layers"]:
+        raise RunError(f"no BatchNorm layer in checkpoint.pt in {path}; pass a BN network's run folder")
+    return {**run, "gamma": stats}
 
 
 # ---------------------------------------------------------------- naming
@@ -156,10 +208,10 @@ def canonical(value):
     return json.dumps(value, sort_keys=True)
 
 
-def differing_settings(configs):
-    """Return the setting names whose values are not all equal, in first-seen order."""
+def differing_settings(configs, ignore=frozenset()):
+    """Return the setting names (not in `ignore`) whose values are not all equal, in first-seen order."""
     all_settings = [settings(config) for config in configs]
-    keys = list(dict.fromkeys(key for each in all_settings for key in each))
+    keys = list(dict.fromkeys(key for each in all_settings for key in each if key not in ignore))
     return [key for key in keys
             if len({canonical(each.get(key)) for each in all_settings}) > 1]
 
@@ -197,11 +249,11 @@ def unique_prefixes(runs):
             for index, prefix in enumerate(prefixes)]
 
 
-def run_labels(runs):
-    """Return a short legend label per run: the differing settings, else the folder name."""
+def run_labels(runs, ignore=frozenset()):
+    """Return a short legend label per run (or group): the differing settings, else the folder name."""
     if len(runs) < 2 or any(run["config"] is None for run in runs):
         return [run["name"] for run in runs]
-    keys = differing_settings([run["config"] for run in runs])
+    keys = differing_settings([run["config"] for run in runs], ignore)
     labels = [", ".join(f"{key}={display_value(key, run['config'].get(key))}" for key in keys)
               or run["name"] for run in runs]
     return [f"{label} ({run['name']})" if labels.count(label) > 1 else label
@@ -220,12 +272,48 @@ def shared_title(runs):
     return ", ".join(parts)
 
 
+# ---------------------------------------------------------------- seed groups
+
+def group_key(run):
+    """Return the settings that define a run's seed group as text (None for a run without config)."""
+    if run["config"] is None:
+        return None
+    return canonical({key: value for key, value in settings(run["config"]).items() if key not in SEED_KEYS})
+
+
+def group_runs(runs):
+    """Return the runs in seed groups: same settings but SEED_KEYS (see analysis.group_runs)."""
+    return analysis.group_runs(runs, group_key)
+
+
+def group_ignore(groups):
+    """Return the settings labels and comparisons skip: SEED_KEYS once a group has several runs."""
+    return SEED_KEYS if any(len(group["runs"]) > 1 for group in groups) else frozenset()
+
+
+def group_labels(groups):
+    """Return a legend label per group: the settings in which the groups differ, plus '(n seeds)'."""
+    labels = run_labels(groups, group_ignore(groups))
+    return [label + analysis.seeds_note(group) for label, group in zip(labels, groups)]
+
+
+def results_table(runs):
+    """Return the markdown table of `runs`, one row per seed group (see analysis.markdown_table)."""
+    groups = group_runs(runs)
+    labels = run_labels(groups, group_ignore(groups))
+    return analysis.markdown_table([(label, [run["history"] for run in group["runs"]])
+                                    for label, group in zip(labels, groups)])
+
+
 # ---------------------------------------------------------------- planning
 
 def line(run, column, label, color, linestyle="-"):
-    """Return one curve: `column` of the run's history against its epochs."""
-    return {"label": label, "epochs": run["history"]["epoch"],
-            "values": run["history"][column], "color": color, "linestyle": linestyle}
+    """Return one curve: `column` of a run's (or group's) history against its epochs.
+
+    `std` is the group's per-epoch std of that column (drawn as a band), None for a run.
+    """
+    return {"label": label, "epochs": run["history"]["epoch"], "values": run["history"][column],
+            "std": run.get("std", {}).get(column), "color": color, "linestyle": linestyle}
 
 
 def color_of(index):
@@ -243,14 +331,15 @@ def plan_run_plots(run, prefix):
         lines = [line(run, column, column.split("_")[0], color_of(index))
                  for index, column in enumerate(present)]
         plots.append({"filename": f"{prefix}_{metric}.png", "title": title,
-                      "ylabel": ylabel, "lines": lines})
+                      "ylabel": ylabel, "lines": lines, "phases": analysis.phase_marks([run["history"]])})
     return plots
 
 
 def plan_overlay_plots(runs):
-    """Return one plot per split and metric present in any run, one line per run."""
-    labels = run_labels(runs)
+    """Return one plot per split and metric present in any run or group, one line (or band) each."""
+    labels = group_labels(runs)
     context = shared_title(runs)
+    phases = analysis.phase_marks([run["history"] for run in runs])
     plots = []
     for split in SPLITS:
         for metric, ylabel in METRIC_LABELS.items():
@@ -262,19 +351,19 @@ def plan_overlay_plots(runs):
                 continue
             title = f"{split} {METRIC_WORDS[metric]}" + (f" ({context})" if context else "")
             plots.append({"filename": f"{column}.png", "title": title,
-                          "ylabel": ylabel, "lines": lines})
+                          "ylabel": ylabel, "lines": lines, "phases": phases})
     return plots
 
 
-def comparison_key(runs):
-    """Return the one setting in which the runs differ, or None.
+def comparison_key(runs, ignore=frozenset()):
+    """Return the one setting (not in `ignore`) in which the runs (or groups) differ, or None.
 
     None also when a run has no config or two runs share the value, since the
     picture would then have indistinguishable curves.
     """
     if len(runs) < 2 or any(run["config"] is None for run in runs):
         return None
-    keys = differing_settings([run["config"] for run in runs])
+    keys = differing_settings([run["config"] for run in runs], ignore)
     for leader, followers in FOLLOWS.items():
         if leader in keys:
             keys = [key for key in keys if key not in followers]
@@ -285,38 +374,42 @@ def comparison_key(runs):
 
 
 def plan_comparison_plots(runs, key):
-    """Return '<A>_vs_<B>' loss and accuracy plots: train dashed, val-or-test solid per run."""
+    """Return '<A>_vs_<B>' loss and accuracy plots: train dashed, val-or-test solid per run or group."""
     values = [display_value(key, run["config"].get(key)) for run in runs]
     stem = "_vs_".join(file_token(value) for value in values)
     context = shared_title(runs)
+    phases = analysis.phase_marks([run["history"] for run in runs])
     plots = []
     for metric, ylabel in METRIC_LABELS.items():
         lines = []
         for index, (run, value) in enumerate(zip(runs, values)):
-            lines.append(line(run, f"train_{metric}", f"{value} train", color_of(index), "--"))
+            note = analysis.seeds_note(run)
+            lines.append(line(run, f"train_{metric}", f"{value} train{note}", color_of(index), "--"))
             held_out = [split for split in ("val", "test") if f"{split}_{metric}" in run["history"]]
             if held_out:
-                lines.append(line(run, f"{held_out[0]}_{metric}", f"{value} {held_out[0]}",
+                lines.append(line(run, f"{held_out[0]}_{metric}", f"{value} {held_out[0]}{note}",
                                   color_of(index)))
         title = f"{key}: {' vs '.join(values)}" + (f" ({context})" if context else "")
         plots.append({"filename": f"{stem}_{metric}.png", "title": title,
-                      "ylabel": ylabel, "lines": lines})
+                      "ylabel": ylabel, "lines": lines, "phases": phases})
     return plots
 
 
 def plan_plots(runs):
-    """Return every plot to draw for `runs` (dicts: filename, title, ylabel, lines).
+    """Return every plot to draw for `runs` (dicts: filename, title, ylabel, lines, phases).
 
+    Per-run plots for each run; overlays and comparisons per seed group (see `group_runs`).
     File names are unique within the result: a later clash gets '_2', '_3', ...
     """
     plots = []
     for run, prefix in zip(runs, unique_prefixes(runs)):
         plots += plan_run_plots(run, prefix)
     if len(runs) > 1:
-        plots += plan_overlay_plots(runs)
-        key = comparison_key(runs)
+        groups = group_runs(runs)
+        plots += plan_overlay_plots(groups)
+        key = comparison_key(groups, group_ignore(groups))
         if key is not None:
-            plots += plan_comparison_plots(runs, key)
+            plots += plan_comparison_plots(groups, key)
     seen = set()
     for plot in plots:
         stem, name, count = plot["filename"][:-len(".png")], plot["filename"], 1
@@ -330,14 +423,27 @@ def plan_plots(runs):
 
 # ---------------------------------------------------------------- drawing
 
+def draw_phases(ax, phases):
+    """Mark each phase switch with a dotted vertical line and a small 'bn → all' label."""
+    for mark in phases:
+        ax.axvline(mark["epoch"], color="0.35", linestyle=":", linewidth=1.2)
+        ax.text(mark["epoch"], 0.98, f" {mark['label']}", transform=ax.get_xaxis_transform(),
+                fontsize=8, color="0.25", ha="left", va="top")
+
+
 def draw_plot(plot, path):
-    """Draw one planned plot into the PNG file `path`."""
+    """Draw one planned plot into the PNG file `path`; a curve with `std` gets a ±1 std band."""
     fig, ax = plt.subplots(figsize=FIGURE_SIZE, dpi=FIGURE_DPI)
     try:
         for curve in plot["lines"]:
             ax.plot(curve["epochs"], curve["values"], color=curve["color"],
                     linestyle=curve["linestyle"], label=curve["label"], linewidth=1.8,
                     marker="o" if len(curve["epochs"]) == 1 else None)  # 1 point: no line
+            if curve.get("std"):
+                low = [value - std for value, std in zip(curve["values"], curve["std"])]
+                high = [value + std for value, std in zip(curve["values"], curve["std"])]
+                ax.fill_between(curve["epochs"], low, high, color=curve["color"], alpha=BAND_ALPHA, linewidth=0)
+        draw_phases(ax, plot.get("phases", []))
         ax.set_xlabel("epoch")
         ax.set_ylabel(plot["ylabel"])
         ax.set_title(plot["title"])
@@ -351,33 +457,101 @@ def draw_plot(plot, path):
         plt.close(fig)
 
 
+def draw_gamma(run, path):
+    """Draw histograms of γ (top row) and β (bottom row), one column per stage, into `path`."""
+    stats = run["gamma"]
+    stages = list(stats["stages"])
+    fig, axes = plt.subplots(2, len(stages), figsize=(2.8 * len(stages) + 1, 5.5), dpi=FIGURE_DPI,
+                             squeeze=False)
+    try:
+        for column, stage in enumerate(stages):
+            for row, (key, symbol) in enumerate((("gamma", "γ"), ("beta", "β"))):
+                ax = axes[row][column]
+                ax.hist(stats["stages"][stage][key], bins=HISTOGRAM_BINS, color=color_of(column))
+                ax.set_title(f"{stage}: {symbol}", fontsize=10)
+                ax.grid(True, alpha=0.3)
+        for ax in axes[:, 0]:
+            ax.set_ylabel("channels")
+        fig.suptitle(f"BatchNorm γ and β per stage ({shared_title([run]) or run['name']})")
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+
+
+def draw_disabled(run, path):
+    """Draw the fraction of channels with |γ| < threshold per BN layer, in model order, into `path`."""
+    stats = run["gamma"]
+    layers = list(stats["layers"])
+    fig, ax = plt.subplots(figsize=(max(FIGURE_SIZE[0], 0.2 * len(layers) + 2), FIGURE_SIZE[1]), dpi=FIGURE_DPI)
+    try:
+        for index, stage in enumerate(stats["stages"]):
+            positions = [i for i, layer in enumerate(layers) if analysis.stage_of(layer) == stage]
+            ax.bar(positions, [stats["layers"][layers[i]] for i in positions], color=color_of(index), label=stage)
+        ax.set_xticks(range(len(layers)), layers, rotation=90, fontsize=7)
+        ax.set_xlim(-0.6, len(layers) - 0.4)
+        ax.set_ylim(0, max(0.05, min(1.0, 1.15 * max(stats["layers"].values()))))  # small fractions stay visible
+        ax.set_ylabel(f"fraction with |γ| < {stats['threshold']:g}")
+        ax.set_title(f"{shared_title([run]) or run['name']}: {stats['overall']:.1%} of BN channels "
+                     f"have |γ| < {stats['threshold']:g}")
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+
+
+def drawings(runs, gamma=False):
+    """Return [(file name, function drawing into a path)]: the curves, or with `gamma` two γ pictures per run."""
+    if not gamma:
+        return [(plot["filename"], functools.partial(draw_plot, plot)) for plot in plan_plots(runs)]
+    pairs = []
+    for run, prefix in zip(runs, unique_prefixes(runs)):
+        pairs += [(f"{prefix}_gamma.png", functools.partial(draw_gamma, run)),
+                  (f"{prefix}_disabled.png", functools.partial(draw_disabled, run))]
+    return pairs
+
+
 def build_parser():
     """Return the command-line parser."""
     parser = argparse.ArgumentParser(
         prog="plots.py", description="Plot loss and accuracy curves of run folders.")
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
                         help="run folder holding history.csv (and config.json)")
-    parser.add_argument("--out", default="tmp", help="folder for the PNG files (created)")
+    parser.add_argument("--out", default=None,
+                        help=f"folder for the PNG files (created; default {DEFAULT_OUT}/)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--table", action="store_true",
+                      help="print a markdown table of final and best metrics per seed group (mean ± std); "
+                           "draws the curves too only when --out is given")
+    mode.add_argument("--gamma", action="store_true",
+                      help="draw BatchNorm γ/β histograms per stage and the disabled fraction per layer "
+                           "from each run's checkpoint.pt instead of the curves")
     return parser
 
 
 def main(argv=None):
-    """Read every run first, then draw; print each written path. Errors exit 2."""
+    """Read every run first, then print the table and/or draw; print each written path. Errors exit 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        runs = [read_run(path) for path in args.run_dirs]
+        runs = [(read_gamma_run if args.gamma else read_run)(path) for path in args.run_dirs]
     except RunError as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
-    plots = plan_plots(runs)
+    if args.table:
+        print(results_table(runs))
+        if args.out is None:
+            return
+    out = args.out or DEFAULT_OUT
     try:
-        os.makedirs(args.out, exist_ok=True)
-        for plot in plots:
-            path = os.path.join(args.out, plot["filename"])
-            draw_plot(plot, path)
+        os.makedirs(out, exist_ok=True)
+        for filename, draw in drawings(runs, args.gamma):
+            path = os.path.join(out, filename)
+            draw(path)
             print(path)
     except OSError as e:
-        parser.exit(2, f"{parser.prog}: error: cannot write ({e.strerror}) in {args.out}; "
+        parser.exit(2, f"{parser.prog}: error: cannot write ({e.strerror}) in {out}; "
                        "pick a writable --out folder\n")
 
 

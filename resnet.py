@@ -3,8 +3,14 @@
 Depth = 6n + 2: a 3x3 conv (16 channels) + BN + ReLU, three stages of n BasicBlocks with 16, 32 and 64
 channels (times `width`; stride 2 entering stages 2 and 3), global average pooling and a linear layer.
 The downsampling shortcut has no parameters: it subsamples with stride 2 and zero-pads the channels.
-Conv and linear weights get Kaiming-normal init; BatchNorm gamma is U[0,1) ("uniform", as in Frankle
-et al. 2020) or 1 ("ones"), beta is 0.
+Conv and linear weights get Kaiming-normal init. BatchNorm gamma (`bn_init`, one of BN_INITS) is
+U[0,1) ("uniform", as in Frankle et al. 2020), 1 ("ones"), N(0,1) ("normal") or U[-1,1) ("signed");
+beta is always 0.
+
+Freezing (`freeze(model, mode, seed)`, one of TRAINABLE_MODES) leaves trainable only the parameters of
+"all", "bn" (BN gamma/beta), "bn+fc", "fc" or "none". "random" is the paper's control: it trains as many
+randomly chosen conv weights as BN has gamma/beta, 2 per conv output channel (every conv is followed by
+a BN of as many channels), and freezes everything else, BN and the linear layer included.
 
 Run `python resnet.py` for the parameter counts of every depth.
 """
@@ -12,9 +18,12 @@ Run `python resnet.py` for the parameter counts of every depth.
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils import parametrize
 
 DEPTHS = {"resnet20": 20, "resnet32": 32, "resnet44": 44, "resnet56": 56, "resnet110": 110, "resnet1202": 1202}
-TRAINABLE_MODES = ("all", "bn", "bn+fc", "fc", "none")
+TRAINABLE_MODES = ("all", "bn", "bn+fc", "fc", "none", "random")
+BN_INITS = ("uniform", "ones", "normal", "signed")
+RANDOM_PER_CHANNEL = 2  # conv weights trained per output channel in mode "random": as many as BN's gamma and beta
 
 
 class PadShortcut(nn.Module):
@@ -75,18 +84,29 @@ class ResNet(nn.Module):
 
 
 def init_weights(model: nn.Module, bn_init: str = "uniform") -> None:
-    """Kaiming-normal conv/linear weights; BN gamma U[0,1) or 1, beta 0."""
-    if bn_init not in ("uniform", "ones"):
+    """Kaiming-normal conv/linear weights; BN gamma by `bn_init` (one of BN_INITS), beta 0."""
+    if bn_init not in BN_INITS:
         raise ValueError(f"unknown bn_init: {bn_init}")
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             nn.init.kaiming_normal_(m.weight)
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-            if bn_init == "uniform":
-                nn.init.uniform_(m.weight, 0.0, 1.0)
-            else:
-                nn.init.ones_(m.weight)
+        elif is_batchnorm(m):
+            init_gamma(m.weight, bn_init)
             nn.init.zeros_(m.bias)
+
+
+def init_gamma(gamma: torch.Tensor, bn_init: str) -> None:
+    """Fill BN gamma in place: U[0,1), 1, N(0,1) or U[-1,1)."""
+    if bn_init == "uniform":
+        nn.init.uniform_(gamma, 0.0, 1.0)
+    elif bn_init == "ones":
+        nn.init.ones_(gamma)
+    elif bn_init == "normal":
+        nn.init.normal_(gamma, 0.0, 1.0)
+    elif bn_init == "signed":
+        nn.init.uniform_(gamma, -1.0, 1.0)
+    else:
+        raise ValueError(f"unknown bn_init: {bn_init}")
 
 
 def _constructor(depth: int):
@@ -119,27 +139,81 @@ def is_batchnorm(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.batchnorm._BatchNorm)
 
 
+class ChosenEntries(nn.Module):
+    """Parametrization of a frozen weight in which only the entries at `index` train.
+
+    `index` (long, (k,)) holds flat positions in the weight's logical NCHW order, whatever its memory
+    format; `values` ((k,)) holds the trainable entries there. The weight it returns keeps the original's
+    memory format, so a channels-last conv stays channels-last.
+    """
+
+    def __init__(self, weight: torch.Tensor, index: torch.Tensor):
+        super().__init__()
+        self.register_buffer("index", index.to(weight.device))
+        self.values = nn.Parameter(weight.detach().flatten()[self.index].clone())
+
+    def forward(self, weight):
+        # out-of-place index_put: a copy of the frozen weight (same strides), differentiable w.r.t. values
+        return weight.index_put(torch.unravel_index(self.index, weight.shape), self.values)
+
+
+def draw_positions(out_channels: int, fan_in: int, per_channel: int, generator: torch.Generator) -> torch.Tensor:
+    """Flat NCHW positions of `per_channel` distinct weights in each output channel, sorted; (out * per,)."""
+    if per_channel > fan_in:
+        raise ValueError(f"cannot choose {per_channel} of {fan_in} weights per output channel")
+    scores = torch.rand(out_channels, fan_in, generator=generator, device="cpu")  # CPU: same draw on any device
+    columns = scores.topk(per_channel, dim=1).indices.sort(dim=1).values  # a uniform random subset per row
+    return (torch.arange(out_channels, device="cpu").unsqueeze(1) * fan_in + columns).flatten()
+
+
+def choose_conv_entries(model: nn.Module, per_channel: int = RANDOM_PER_CHANNEL, seed: int = 0) -> None:
+    """Parametrize every conv weight so that only `per_channel` random entries per output channel train."""
+    generator = torch.Generator().manual_seed(seed)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]  # listed first: registering adds modules
+    for conv in convs:
+        if parametrize.is_parametrized(conv, "weight"):
+            raise ValueError("the conv weights already have chosen entries: build a fresh model")
+        out_channels = conv.weight.shape[0]
+        index = draw_positions(out_channels, conv.weight[0].numel(), per_channel, generator)
+        parametrize.register_parametrization(conv, "weight", ChosenEntries(conv.weight, index))
+
+
+def trains(module: nn.Module, mode: str) -> bool:
+    """Whether `mode` trains `module`'s own parameters (not those of its children)."""
+    if isinstance(module, ChosenEntries):
+        return mode == "random"  # `values` copy entries of a conv weight, which "all" already counts
+    if mode == "all":
+        return True
+    if is_batchnorm(module):
+        return mode in ("bn", "bn+fc")
+    if isinstance(module, nn.Linear):
+        return mode in ("fc", "bn+fc")
+    return False
+
+
 def select_parameters(model: nn.Module, mode: str) -> list:
-    """The parameters that `mode` trains, chosen by module type, in model order."""
+    """The parameters that `mode` trains, chosen by module type, in model order.
+
+    Mode "random" needs the conv entries chosen first (`freeze(model, "random", seed)` does it).
+    """
     if mode not in TRAINABLE_MODES:
         raise ValueError(f"unknown trainable mode: {mode}")
-    chosen = []
-    for module in model.modules():
-        own = list(module.parameters(recurse=False))
-        if mode == "all":
-            chosen += own
-        elif is_batchnorm(module) and mode in ("bn", "bn+fc"):
-            chosen += own
-        elif isinstance(module, nn.Linear) and mode in ("fc", "bn+fc"):
-            chosen += own
+    chosen = [p for module in model.modules() if trains(module, mode) for p in module.parameters(recurse=False)]
+    if mode == "random" and not chosen:
+        raise ValueError("mode random: call freeze(model, 'random', seed) first to choose the conv entries")
     return chosen
 
 
-def freeze(model: nn.Module, mode: str) -> list:
+def freeze(model: nn.Module, mode: str, seed: int = 0) -> list:
     """Set requires_grad so that only `mode`'s parameters train; returns them.
 
+    Mode "random" first parametrizes the conv weights (`choose_conv_entries`, positions drawn from `seed`;
+    the other modes ignore it). The frozen entries then stay bit-identical whatever the optimizer does,
+    weight decay and momentum included, since only `values` reach it.
     BatchNorm running statistics are buffers, not parameters: they keep updating in train mode.
     """
+    if mode == "random":
+        choose_conv_entries(model, RANDOM_PER_CHANNEL, seed)
     chosen = {id(p) for p in select_parameters(model, mode)}
     for p in model.parameters():
         p.requires_grad_(id(p) in chosen)
@@ -147,17 +221,20 @@ def freeze(model: nn.Module, mode: str) -> list:
 
 
 def count_parameters(model: nn.Module, mode: str = "all") -> int:
+    """How many scalars `mode` trains ("all": the model's own size, chosen entries not counted twice)."""
     return sum(p.numel() for p in select_parameters(model, mode))
 
 
 def parameter_table() -> str:
-    """One row per depth: total, BN gamma/beta, BN + fc parameter counts (CIFAR-10 head)."""
-    lines = [f"{'arch':<11} {'depth':>5} {'total':>12} {'bn':>8} {'bn+fc':>8}"]
+    """One row per depth: total, BN gamma/beta, BN + fc and random-mode parameter counts (CIFAR-10 head)."""
+    lines = [f"{'arch':<11} {'depth':>5} {'total':>12} {'bn':>8} {'bn+fc':>8} {'random':>8}"]
     with torch.device("meta"):  # shapes only: no memory, no init cost
         for arch, depth in DEPTHS.items():
             model = build_model(arch)
+            freeze(model, "random")
             lines.append(f"{arch:<11} {depth:>5} {count_parameters(model):>12,} "
-                         f"{count_parameters(model, 'bn'):>8,} {count_parameters(model, 'bn+fc'):>8,}")
+                         f"{count_parameters(model, 'bn'):>8,} {count_parameters(model, 'bn+fc'):>8,} "
+                         f"{count_parameters(model, 'random'):>8,}")
     return "\n".join(lines)
 
 

@@ -149,11 +149,14 @@ def check_save_dir(save_dir: str, overwrite: bool, resuming: bool) -> None:
         raise ConfigError(f"--save-dir {save_dir}: {ancestor} is not writable; choose a folder you can write to")
 
 
-def summarize(rows: list, trainable_params: int, total_params: int, world_size: int) -> dict:
-    """summary.json: sizes, final and best metrics, total time and passes."""
+def summarize(rows: list, trainable_params: int, total_params: int, world_size: int, gamma=None) -> dict:
+    """summary.json: sizes, final and best metrics, total time and passes, and (`gamma`, from
+    analysis.gamma_stats) the fraction of BatchNorm features switched off (|gamma| below a threshold)."""
     summary = {"trainable_params": trainable_params, "total_params": total_params,
                "epochs_completed": rows[-1]["epoch"] if rows else 0, "world_size": world_size,
                "wall_seconds": sum(r["epoch_seconds"] for r in rows), "passes": sum(r["passes"] for r in rows)}
+    if gamma is not None:
+        summary["disabled_features"] = {k: gamma[k] for k in ("threshold", "overall", "layers")}
     if not rows:
         return summary
     summary["final"] = {k: v for k, v in rows[-1].items() if k.endswith(("_loss", "_acc"))}

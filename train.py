@@ -19,11 +19,12 @@ import time
 import numpy as np
 import torch
 
-from config import FIELDS, RUNTIME_SETTINGS, Config, ConfigError, fail, parse_args, resolve, to_dict
+from analysis import gamma_stats
+from config import FIELDS, RUNTIME_SETTINGS, Config, ConfigError, fail, parse_args, phase_at, resolve, to_dict
 from data import load_dataset
 from engine import (Compute, TrainingDiverged, all_finite, build_optimizer, build_scheduler, evaluate,
                     recalibrate_bn, resolve_precision, train_one_epoch)
-from resnet import build_model, count_parameters, freeze
+from resnet import build_model, count_parameters, freeze, select_parameters
 from runfiles import (RUN_FILES, CheckpointError, check_save_dir, checkpoint_path, load_checkpoint, rng_state,
                       save_checkpoint, set_rng_state, summarize, write_history, write_json)
 
@@ -91,8 +92,9 @@ def run_epoch(epoch: int, cfg: Config, ex: "Experiment", after_step=None) -> dic
     lr = ex.optimizer.param_groups[0]["lr"] if ex.optimizer is not None else 0.0
     progress, ex.progress = ex.progress, None
     train = train_one_epoch(ex.model, ex.optimizer, cfg, ex.splits["train"], ex.stats, ex.generator, epoch,
-                            ex.compute, ex.scaler, progress, after_step)
-    row = {"epoch": epoch, "lr": lr, "train_loss": train["loss"], "train_acc": train["acc"]}
+                            ex.compute, ex.scaler, progress, after_step, ex.no_decay)
+    row = {"epoch": epoch, **({"phase": phase_at(cfg, epoch)[1]} if cfg.phases else {}), "lr": lr,
+           "train_loss": train["loss"], "train_acc": train["acc"]}
     eval_start = time.perf_counter()
     if cfg.bn_recalibrate:
         recalibrate_bn(ex.model, ex.splits["train"][0], ex.stats, cfg.bn_recalibrate, ex.compute)
@@ -167,6 +169,8 @@ class Experiment:
     num_classes: int
     history: list
     start_epoch: int
+    phase: int  # index into --phases (0 without phases) of the optimizer and schedule
+    no_decay: list  # trainable parameters without weight decay
     progress: dict = None  # the partial first epoch of a mid-epoch checkpoint
 
 
@@ -204,15 +208,17 @@ def build_experiment(cfg: Config, device: torch.device, checkpoint) -> Experimen
     dataset = load_dataset(cfg)
     compute = Compute(device, resolve_precision(cfg.precision, device), cfg.channels_last)
     model = compute.place(build_model(cfg.arch, dataset.num_classes, cfg.width, cfg.bn_init))
-    params = freeze(model, cfg.trainable)
-    optimizer = build_optimizer(cfg, params)
-    scheduler = build_scheduler(cfg, optimizer)
+    start_epoch = checkpoint["epoch"] + 1 if checkpoint is not None else 1
+    phase, mode, epochs = phase_at(cfg, start_epoch)
+    params, no_decay, optimizer, scheduler = setup_phase(cfg, model, mode, epochs)  # before load_state_dict
     scaler = compute.grad_scaler()
     normalization = {"mean": list(dataset.mean), "std": list(dataset.std)}
-    history, start_epoch, progress = [], 1, None
+    history, progress = [], None
     if checkpoint is not None:
-        normalization = restore(checkpoint, model, optimizer, scheduler, scaler, None if cfg.evaluate else generator)
-        history, start_epoch = list(checkpoint.get("history", [])), checkpoint["epoch"] + 1
+        same_phase = checkpoint.get("phase", 0) == phase  # else the saved optimizer belongs to the last phase
+        normalization = restore(checkpoint, model, optimizer if same_phase else None,
+                                scheduler if same_phase else None, scaler, None if cfg.evaluate else generator)
+        history = list(checkpoint.get("history", []))
         progress = checkpoint.get("progress")
         if progress is not None and not cfg.evaluate:
             progress = {k: v.to(device) if torch.is_tensor(v) else v for k, v in progress.items()}
@@ -221,13 +227,36 @@ def build_experiment(cfg: Config, device: torch.device, checkpoint) -> Experimen
     if cfg.compile:
         model.compile()  # in place: the state_dict keys stay those of the plain model
     return Experiment(model, params, optimizer, scheduler, generator, compute, scaler, splits, stats, normalization,
-                      dataset.num_classes, history, start_epoch, progress)
+                      dataset.num_classes, history, start_epoch, phase, no_decay, progress)
+
+
+def setup_phase(cfg: Config, model, mode: str, epochs: int) -> tuple:
+    """Freeze the model to `mode` and build a fresh optimizer and an `epochs`-long schedule for it;
+    returns (trainable parameters, those without weight decay, optimizer, scheduler)."""
+    params = freeze(model, mode, cfg.seed)
+    bn = {id(p) for p in select_parameters(model, "bn")}
+    no_decay = [] if cfg.bn_weight_decay else [p for p in params if id(p) in bn]
+    optimizer = build_optimizer(cfg, params, no_decay)
+    return params, no_decay, optimizer, build_scheduler(cfg, optimizer, epochs)
+
+
+def enter_phase(cfg: Config, ex: Experiment, epoch: int) -> None:
+    """At the first epoch of a new --phases phase: refreeze, new optimizer and schedule, one line."""
+    index, mode, epochs = phase_at(cfg, epoch)
+    if index == ex.phase:
+        return
+    ex.params, ex.no_decay, ex.optimizer, ex.scheduler = setup_phase(cfg, ex.model, mode, epochs)
+    ex.phase = index
+    print(f"phase {index + 1}/{len(cfg.phases)} from epoch {epoch}: {mode} for {epochs} epochs, "
+          f"{sum(p.numel() for p in ex.params):,} parameters trainable, new {cfg.optimizer} optimizer and schedule",
+          flush=True)
 
 
 def train(cfg: Config, ex: Experiment, device: torch.device) -> int:
     """The epoch loop: train, evaluate, and write the run files after every epoch."""
     total, trainable = count_parameters(ex.model), sum(p.numel() for p in ex.params)
-    print(f"{cfg.arch} x{cfg.width}: {trainable:,} of {total:,} parameters trainable ({cfg.trainable}), "
+    mode = phase_at(cfg, ex.start_epoch)[1] + (f", phase {ex.phase + 1} of {len(cfg.phases)}" if cfg.phases else "")
+    print(f"{cfg.arch} x{cfg.width}: {trainable:,} of {total:,} parameters trainable ({mode}), "
           f"{cfg.optimizer}, {len(ex.splits['train'][1]):,} training images, device {device} "
           f"({ex.compute.precision}{', channels-last' if cfg.channels_last else ''}), "
           f"run folder {cfg.save_dir}", flush=True)
@@ -254,6 +283,7 @@ def train(cfg: Config, ex: Experiment, device: torch.device) -> int:
                 if stop.signal is not None:
                     raise RunStopped(stop.signal, cfg.save_dir, f"in epoch {epoch} after batch {progress['step']}")
 
+            enter_phase(cfg, ex, epoch)
             row = run_epoch(epoch, cfg, ex, after_step)
             print(epoch_line(row, cfg.epochs), flush=True)
             if not np.isfinite(row["train_loss"]):
@@ -263,7 +293,8 @@ def train(cfg: Config, ex: Experiment, device: torch.device) -> int:
             if epoch % cfg.save_every == 0 or epoch == cfg.epochs or stop.signal is not None:
                 save(epoch)
             write_json(os.path.join(cfg.save_dir, "summary.json"),
-                       summarize(ex.history, trainable, total, world_size=1))
+                       summarize(ex.history, sum(p.numel() for p in ex.params), total, world_size=1,
+                                 gamma=gamma_stats(ex.model.state_dict())))
             if stop.signal is not None and epoch < cfg.epochs:
                 if saved_epoch != epoch:  # the signal came while this epoch's files were being written
                     save(epoch)
@@ -278,7 +309,7 @@ def checkpoint_state(cfg: Config, ex: Experiment, epoch: int, progress=None) -> 
             "scheduler": ex.scheduler.state_dict() if ex.scheduler else None,
             "scaler": ex.scaler.state_dict() if ex.scaler is not None else None, "epoch": epoch,
             "rng": rng_state(ex.generator), "config": to_dict(cfg), "normalization": ex.normalization,
-            "history": ex.history, "num_classes": ex.num_classes, "progress": progress}
+            "history": ex.history, "num_classes": ex.num_classes, "progress": progress, "phase": ex.phase}
 
 
 def restore(checkpoint: dict, model, optimizer, scheduler, scaler, generator) -> dict:

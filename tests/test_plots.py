@@ -1,4 +1,5 @@
-"""Behaviour of plots.py: which files it writes, that they show the curves, and its errors."""
+"""Behaviour of plots.py: which files it writes, that they show the curves, seed groups, the
+--table text, phase marks, the --gamma pictures, and its errors."""
 
 import importlib.util
 import json
@@ -51,6 +52,12 @@ def make_run(root, name, config=BASE_CONFIG, val=False, test=True, epochs=10, **
         lines.append(",".join(str(row[column]) for column in columns))
     (folder / "history.csv").write_text("\n".join(lines) + "\n")
     return folder
+
+
+def write_history(folder, columns, *rows):
+    """Replace folder/history.csv with `columns` and one row (a sequence of cells) per epoch."""
+    lines = [",".join(columns)] + [",".join(str(cell) for cell in row) for row in rows]
+    (Path(folder) / "history.csv").write_text("\n".join(lines) + "\n")
 
 
 def run_cli(*args):
@@ -184,7 +191,10 @@ def test_read_run_returns_float_columns_and_ignores_unknown(tmp_path):
     assert run["name"] == "a" and run["config"]["optimizer"] == "sgd"
     assert run["history"]["epoch"] == [1.0, 2.0, 3.0]
     assert run["history"]["train_loss"] == [2.0, 1.0, 2.0 / 3]
-    assert "phase" not in run["history"] and "val_acc" not in run["history"]
+    assert run["history"]["phase"] == ["main"] * 3  # the one text column
+    assert "val_acc" not in run["history"]
+    write_history(tmp_path / "a", ["epoch", "train_loss", "train_acc", "note"], [1, 0.5, 80, "hi"])
+    assert set(plots.read_run(str(tmp_path / "a"))["history"]) == {"epoch", "train_loss", "train_acc"}
 
 
 def corrupt_history(folder):
@@ -241,3 +251,161 @@ def test_no_run_dir_prints_usage_and_exits_2():
     result = run_cli()
     assert result.returncode == 2
     assert "usage:" in result.stderr and "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------- seed groups and --table
+
+TABLE_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "passes"]
+
+
+def make_seed_runs(root):
+    """Three seeds of lr=0.1 (one a longer run) and one run of lr=0.05, with known numbers."""
+    histories = {  # per run: rows of epoch, train_loss, train_acc, val_loss, val_acc, passes
+        "bn_s0": [(1, 0.9, 70, 1, 50, 100), (2, 0.5, 80, 1, 60, 100)],
+        "bn_s1": [(1, 0.9, 72, 1, 70, 100), (2, 0.6, 82, 1, 65, 100), (3, 0.1, 99, 1, 99, 100)],
+        "bn_s2": [(1, 0.9, 74, 1, 55, 100), (2, 0.7, 84, 1, 70, 100)],
+        "low_lr": [(1, 1.5, 30, 2, 40, 100), (2, 1.25, 35.5, 2, 45, 100)],
+    }
+    folders = []
+    for seed, (name, rows) in enumerate(histories.items()):
+        changes = {"lr": 0.05} if name == "low_lr" else {"seed": seed, "resolved_precision": ["fp32", "bf16"][seed % 2]}
+        folder = make_run(root, name, save_dir=f"runs/{name}", **changes)
+        write_history(folder, TABLE_COLUMNS, *rows)
+        folders.append(folder)
+    return folders
+
+
+def test_three_seeds_form_one_group_with_mean_and_sample_std(tmp_path):
+    runs = [plots.read_run(str(folder)) for folder in make_seed_runs(tmp_path)]
+    groups = plots.group_runs(runs)
+    assert [len(group["runs"]) for group in groups] == [3, 1]
+    seeds = groups[0]
+    assert seeds["name"] == "bn_s"  # the folder names' common start
+    assert seeds["history"]["epoch"] == [1.0, 2.0]  # cut to the shortest run
+    assert seeds["history"]["train_acc"] == [72.0, 82.0]
+    assert seeds["std"]["train_acc"] == [2.0, 2.0]  # sample std (ddof=1) of 70, 72, 74
+    assert seeds["std"]["val_acc"][1] == pytest.approx(5.0)  # of 60, 65, 70
+    assert groups[1]["history"] is runs[3]["history"] and groups[1]["std"] == {}
+    assert plots.group_labels(groups) == ["lr=0.1 (3 seeds)", "lr=0.05"]
+    assert plots.comparison_key(groups, plots.group_ignore(groups)) == "lr"
+
+
+def test_seed_group_is_drawn_as_mean_with_band(tmp_path):
+    runs = [plots.read_run(str(folder)) for folder in make_seed_runs(tmp_path)]
+    planned = {plot["filename"]: plot for plot in plots.plan_plots(runs)}
+    assert {f"resnet32_SGD_bn_{name}_acc.png" for name in ("bn_s0", "bn_s1", "bn_s2", "low_lr")
+            } <= set(planned)  # per-run plots stay per run
+    overlay = planned["val_acc.png"]
+    assert [(curve["label"], curve["std"] is not None) for curve in overlay["lines"]] == [
+        ("lr=0.1 (3 seeds)", True), ("lr=0.05", False)]
+    assert [curve["label"] for curve in planned["0.1_vs_0.05_acc.png"]["lines"]] == [
+        "0.1 train (3 seeds)", "0.1 val (3 seeds)", "0.05 train", "0.05 val"]
+    # The band is really drawn: pale C0 pixels that a band-less control lacks.
+    overlay["lines"] = overlay["lines"][:1]
+    plots.draw_plot(overlay, tmp_path / "band.png")
+    plots.draw_plot({**overlay, "lines": [{**overlay["lines"][0], "std": None}]}, tmp_path / "control.png")
+    pale = 0.8 * np.ones(3) + 0.2 * np.array(colors.to_rgb("C0"))  # C0 at BAND_ALPHA on white
+    with_band, _ = count_color(tmp_path / "band.png", pale, tolerance=0.03)
+    without, _ = count_color(tmp_path / "control.png", pale, tolerance=0.03)
+    assert with_band > without + 1000, (with_band, without)
+
+
+def test_table_prints_mean_and_std_per_group_and_draws_nothing(tmp_path):
+    result = run_cli(*make_seed_runs(tmp_path), "--table")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "| run | n | epochs | final val_acc | best val_acc | final train_acc | final train_loss | passes |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| lr=0.1 | 3 | 2 | 65.00 ± 5.00 | 66.67 ± 5.77 | 82.00 ± 2.00 | 0.6000 ± 0.1000 | 200 ± 0 |",
+        "| lr=0.05 | 1 | 2 | 45.00 | 45.00 | 35.50 | 1.2500 | 200 |",
+    ]
+
+
+def test_table_of_one_group_uses_folder_name_and_with_out_also_draws(tmp_path):
+    run = make_run(tmp_path, "only", epochs=4)  # test columns only
+    out = tmp_path / "out"
+    result = run_cli(run, "--table", "--out", out)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("| run | n | epochs | final test_acc | best test_acc |")
+    assert lines[2] == "| only | 1 | 4 | 70.00 | 70.00 | 80.00 | 0.5000 | 10 |"
+    assert lines[3:] == [str(out / "resnet32_SGD_bn_loss.png"), str(out / "resnet32_SGD_bn_acc.png")]
+
+
+# ---------------------------------------------------------------- phases
+
+def test_phase_switch_is_marked_in_run_and_overlay_plots(tmp_path):
+    first = make_run(tmp_path, "a", trainable="bn")
+    second = make_run(tmp_path, "b", trainable="all")
+    write_history(first, ["epoch", "train_loss", "train_acc", "phase"],
+                  *[(epoch, 1 / epoch, 10 * epoch, "bn" if epoch <= 5 else "all") for epoch in range(1, 9)])
+    runs = [plots.read_run(str(first)), plots.read_run(str(second))]
+    planned = {plot["filename"]: plot for plot in plots.plan_plots(runs)}
+    switch = [{"epoch": 5.0, "label": "bn → all"}]
+    assert planned["resnet32_SGD_bn_acc.png"]["phases"] == switch
+    assert planned["resnet32_SGD_all_acc.png"]["phases"] == []  # 'main' throughout: no switch
+    assert planned["train_acc.png"]["phases"] == switch and planned["bn_vs_all_acc.png"]["phases"] == switch
+    plot = planned["resnet32_SGD_bn_acc.png"]
+    plots.draw_plot(plot, tmp_path / "marked.png")
+    plots.draw_plot({**plot, "phases": []}, tmp_path / "control.png")
+    marked, _ = count_color(tmp_path / "marked.png", "0.35", tolerance=0.08)
+    control, _ = count_color(tmp_path / "control.png", "0.35", tolerance=0.08)
+    assert marked > control + 100, (marked, control)
+
+
+def test_bad_numeric_cell_next_to_phase_is_still_one_line_error(tmp_path):
+    run = make_run(tmp_path, "a")
+    write_history(run, ["epoch", "train_loss", "train_acc", "phase"], (1, 0.5, "high", "bn"))
+    result = run_cli(run)
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
+    assert "non-numeric value 'high' in column train_acc, line 2" in result.stderr
+
+
+# ---------------------------------------------------------------- --gamma
+
+def save_fake_checkpoint(folder):
+    """Save a tiny checkpoint.pt: a stem BN, two stage BNs, a conv and a linear layer."""
+    import torch
+
+    def bn(prefix, gamma):
+        return {f"{prefix}.weight": torch.tensor(gamma), f"{prefix}.bias": torch.zeros(len(gamma)),
+                f"{prefix}.running_mean": torch.zeros(len(gamma)), f"{prefix}.running_var": torch.ones(len(gamma))}
+
+    model = {"conv1.weight": torch.ones(4, 3, 3, 3), **bn("bn1", [0.0, 0.5, 0.005, 1.0]),
+             **bn("layer1.0.bn1", [0.001, 0.2]), **bn("layer3.4.bn2", [-0.005, 0.3, 0.4, 0.5]),
+             "fc.weight": torch.zeros(10, 4), "fc.bias": torch.zeros(10)}
+    torch.save({"model": model, "epoch": 3}, Path(folder) / "checkpoint.pt")
+
+
+def test_gamma_writes_two_pictures_per_run(tmp_path):
+    first, second = make_run(tmp_path, "a"), make_run(tmp_path, "b", optimizer="lbfgs")
+    for folder in (first, second):
+        save_fake_checkpoint(folder)
+    out = tmp_path / "out"
+    result = run_cli(first, second, "--gamma", "--out", out)
+    assert result.returncode == 0, result.stderr
+    names = ["resnet32_SGD_bn_gamma.png", "resnet32_SGD_bn_disabled.png",
+             "resnet32_LBFGS_bn_gamma.png", "resnet32_LBFGS_bn_disabled.png"]
+    assert result.stdout.split() == [str(out / name) for name in names]
+    assert written(out) == sorted(names)
+    run = plots.read_gamma_run(str(first))
+    assert run["gamma"]["overall"] == pytest.approx(0.4)
+
+
+def test_gamma_without_checkpoint_is_one_line_error_and_writes_nothing(tmp_path):
+    good, bad = make_run(tmp_path, "good"), make_run(tmp_path, "bad")
+    save_fake_checkpoint(good)
+    out = tmp_path / "out"
+    result = run_cli(good, bad, "--gamma", "--out", out)
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("plots.py: error: no checkpoint.pt in " + str(bad))
+    assert not out.exists() and result.stdout == ""
+    (bad / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    result = run_cli(bad, "--gamma", "--out", out)
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert "unreadable checkpoint" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_table_and_gamma_together_is_a_usage_error(tmp_path):
+    result = run_cli(make_run(tmp_path, "a"), "--table", "--gamma")
+    assert result.returncode == 2 and "not allowed with" in result.stderr

@@ -7,6 +7,8 @@ import torch.nn as nn
 import resnet
 from resnet import build_model, count_parameters, freeze, select_parameters
 
+CHANNELS_LAST = torch.channels_last
+
 
 @pytest.mark.parametrize("arch, total, bn, bn_fc", [
     ("resnet20", 269_722, 1_376, 2_026),
@@ -62,6 +64,32 @@ def test_bn_init():
         build_model("resnet20", bn_init="bogus")
 
 
+def bn_gammas_and_betas(model):
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    return torch.cat([m.weight.detach() for m in bns]), torch.cat([m.bias.detach() for m in bns])
+
+
+@pytest.mark.parametrize("bn_init", resnet.BN_INITS)
+def test_every_bn_init_has_zero_beta(bn_init):
+    _, betas = bn_gammas_and_betas(build_model("resnet20", bn_init=bn_init))
+    assert betas.abs().sum() == 0
+
+
+def test_bn_init_signed_is_uniform_on_minus_one_to_one():
+    torch.manual_seed(0)
+    gammas, _ = bn_gammas_and_betas(build_model("resnet20", width=4, bn_init="signed"))  # 2,752 gammas
+    assert gammas.min() >= -1 and gammas.max() < 1
+    assert (gammas < -0.5).any() and (gammas > 0.5).any()
+    assert abs(gammas.mean()) < 0.05 and abs(gammas.std() - (1 / 3) ** 0.5) < 0.05  # U[-1,1): std 1/sqrt(3)
+
+
+def test_bn_init_normal_is_standard_normal():
+    torch.manual_seed(0)
+    gammas, _ = bn_gammas_and_betas(build_model("resnet20", width=4, bn_init="normal"))  # 2,752 gammas
+    assert abs(gammas.mean()) < 0.1 and abs(gammas.std() - 1) < 0.1
+    assert gammas.min() < -2 and gammas.max() > 2  # tails beyond [-1, 1]
+
+
 EXPECTED_TRAINABLE = {  # mode -> predicate on (module, parameter name)
     "all": lambda m: True,
     "bn": lambda m: isinstance(m, nn.BatchNorm2d),
@@ -95,6 +123,135 @@ def test_freeze_mode_trains_exactly_its_parameters(mode):
     assert not torch.equal(model.bn1.running_mean, before["bn1.running_mean"])
 
 
+def conv_weights(model):
+    """Every conv's effective weight (the parametrized one in mode random), detached copies in model order."""
+    return [m.weight.detach().clone() for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+
+def chosen_entries(model):
+    return [m.parametrizations.weight[0] for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+
+def sgd_steps(model, params, steps=3, memory_format=torch.contiguous_format, seed=0):
+    """A few SGD steps with momentum and weight decay on fixed random data."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-3)
+    for _ in range(steps):
+        images = torch.randn(8, 3, 32, 32, generator=generator).contiguous(memory_format=memory_format)
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(images), torch.arange(8)).backward()
+        optimizer.step()
+
+
+@pytest.mark.parametrize("arch, width", [("resnet20", 1), ("resnet32", 1), ("resnet56", 1), ("resnet20", 2)])
+def test_random_mode_trains_as_many_parameters_as_bn(arch, width):
+    model = build_model(arch, width=width)
+    total, bn = count_parameters(model), count_parameters(model, "bn")
+    trainable = freeze(model, "random", seed=0)
+    assert sum(p.numel() for p in trainable) == count_parameters(model, "random") == bn
+    assert count_parameters(model) == total  # the chosen entries are not counted twice
+    assert [id(p) for p in trainable] == [id(entries.values) for entries in chosen_entries(model)]
+    if arch == "resnet32" and width == 1:
+        assert bn == 2_272 and total == 464_154
+
+
+def test_random_mode_needs_freeze_and_applies_once():
+    model = build_model("resnet20")
+    with pytest.raises(ValueError, match="first"):
+        select_parameters(model, "random")
+    freeze(model, "random")
+    with pytest.raises(ValueError, match="already"):
+        freeze(model, "random")
+
+
+def test_random_mode_keeps_the_function():
+    torch.manual_seed(0)
+    model = build_model("resnet20").eval()
+    images = torch.randn(4, 3, 32, 32)
+    before = model(images)
+    freeze(model, "random", seed=5)
+    assert torch.equal(model(images), before)
+
+
+def test_random_mode_trains_exactly_two_entries_per_output_channel():
+    torch.manual_seed(0)
+    model = build_model("resnet20")
+    trainable = freeze(model, "random", seed=0)
+    before_weights = conv_weights(model)
+    before_state = {k: v.clone() for k, v in model.state_dict().items()}
+    sgd_steps(model, trainable)  # weight decay and momentum: every parameter they reach moves
+    for before, after, entries in zip(before_weights, conv_weights(model), chosen_entries(model)):
+        changed = before != after  # everything else is bit-identical
+        assert torch.equal(changed.flatten(1).sum(1), torch.full((before.shape[0],), 2))
+        assert torch.equal(changed.flatten().nonzero().flatten(), entries.index)
+        assert torch.equal(after.flatten()[entries.index], entries.values.detach())
+    for name, p in model.named_parameters():  # BN, linear and the frozen originals do not move
+        if not name.endswith(".values"):
+            assert torch.equal(p, before_state[name]), name
+    assert not torch.equal(model.bn1.running_mean, before_state["bn1.running_mean"])  # buffers still update
+
+
+def test_random_mode_positions_follow_the_seed():
+    def positions(seed):
+        return torch.cat([entries.index for entries in chosen_entries(model_with_seed(seed))])
+
+    def model_with_seed(seed):
+        model = build_model("resnet20")
+        freeze(model, "random", seed=seed)
+        return model
+
+    assert torch.equal(positions(0), positions(0))
+    assert not torch.equal(positions(0), positions(1))
+
+
+def test_draw_positions_are_distinct_within_each_output_channel():
+    generator = torch.Generator().manual_seed(0)
+    every = resnet.draw_positions(3, 4, 4, generator)  # all 4 of each channel's 4 weights
+    assert torch.equal(every, torch.arange(12))
+    two = resnet.draw_positions(500, 3, 2, generator).view(500, 2)
+    assert (two[:, 0] < two[:, 1]).all()
+    assert torch.equal(two // 3, torch.arange(500).unsqueeze(1).expand(500, 2))  # inside their own channel
+    with pytest.raises(ValueError):
+        resnet.draw_positions(1, 3, 4, generator)
+
+
+@pytest.mark.parametrize("convert_before_freeze", [True, False])
+def test_random_mode_channels_last_matches_nchw(convert_before_freeze):
+    def model(memory_format):
+        torch.manual_seed(0)
+        net = build_model("resnet20")
+        if convert_before_freeze:
+            net = net.to(memory_format=memory_format)
+        params = freeze(net, "random", seed=3)
+        return net.to(memory_format=memory_format), params
+
+    nchw, nchw_params = model(torch.contiguous_format)
+    last, last_params = model(CHANNELS_LAST)
+    assert last.layer2[0].conv1.weight.is_contiguous(memory_format=CHANNELS_LAST)
+    sgd_steps(nchw, nchw_params, steps=1)  # one step: more would amplify rounding differences
+    sgd_steps(last, last_params, steps=1, memory_format=CHANNELS_LAST)
+    for a, b in zip(nchw_params, last_params):
+        assert torch.allclose(a, b, atol=1e-6)
+    for a, b in zip(conv_weights(nchw), conv_weights(last)):
+        assert (a != b).flatten(1).sum(1).max() <= 2  # the frozen entries agree bit for bit
+    images = torch.randn(4, 3, 32, 32)
+    nchw.eval()
+    last.eval()
+    assert torch.allclose(nchw(images), last(images.contiguous(memory_format=CHANNELS_LAST)), atol=1e-5)
+
+
+def test_random_mode_state_dict_round_trip():
+    torch.manual_seed(0)
+    trained = build_model("resnet20")
+    sgd_steps(trained, freeze(trained, "random", seed=7))
+    torch.manual_seed(1)  # another init: everything must come from the state_dict
+    restored = build_model("resnet20")
+    freeze(restored, "random", seed=7)
+    restored.load_state_dict(trained.state_dict(), strict=True)
+    images = torch.randn(4, 3, 32, 32)
+    assert torch.equal(trained.eval()(images), restored.eval()(images))
+
+
 def test_unknown_mode_rejected():
     with pytest.raises(ValueError, match="unknown trainable mode"):
         select_parameters(build_model("resnet20"), "bogus")
@@ -107,3 +264,4 @@ def test_resnet_py_prints_the_table():
     out = subprocess.run([sys.executable, "resnet.py"], cwd=REPO, capture_output=True, text=True).stdout
     row = next(line for line in out.splitlines() if line.startswith("resnet32 "))
     assert "464,154" in row and "2,272" in row and "2,922" in row
+    assert out.splitlines()[0].split()[-1] == "random" and row.split()[-1] == "2,272"

@@ -31,6 +31,9 @@ def test_run_folder_has_the_four_files(tiny_run):
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["trainable_params"] == 1376 and summary["total_params"] == 269_722
     assert summary["final"]["val_acc"] == float(rows[-1]["val_acc"]) and summary["passes"] == 8
+    disabled = summary["disabled_features"]  # fraction of |gamma| < 0.01, per BN layer and over all 1376 / 2
+    assert disabled["threshold"] == 0.01 and len(disabled["layers"]) == 19 and "layer3.2.bn2" in disabled["layers"]
+    assert 0 <= disabled["overall"] <= 1
     checkpoint = torch.load(folder / "checkpoint.pt", weights_only=True)
     assert {"model", "optimizer", "scheduler", "epoch", "rng", "config", "normalization"} <= set(checkpoint)
     assert checkpoint["epoch"] == 2 and len(checkpoint["normalization"]["mean"]) == 3
@@ -238,3 +241,24 @@ def test_synthetic_classes_are_learnable_within_an_epoch(tmp_path):
                        "--bn-recalibrate", "1024", "--save-dir", tmp_path / "run")
     assert result.returncode == 0, result.stderr
     assert float(read_csv(tmp_path / "run" / "history.csv")[0]["test_acc"]) > 30  # chance is 10 %
+
+
+def test_random_control_trains_as_many_parameters_as_bn_and_resumes(tmp_path):
+    common = [*TINY, "-t", "random", "--seed", "3"]
+    straight = run_train(*common, "--epochs", "2", "--milestones", "2", "--save-dir", tmp_path / "straight")
+    first = run_train(*common, "--epochs", "1", "--milestones", "2", "--save-dir", tmp_path / "split")
+    resumed = run_train("--resume", tmp_path / "split", "--epochs", "2", "--no-progress")
+    for result in (straight, first, resumed):
+        assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "straight" / "summary.json").read_text())
+    assert summary["trainable_params"] == 1376 and summary["total_params"] == 269_722  # = BN's gamma/beta
+    assert without_timings(read_csv(tmp_path / "split" / "history.csv")) == without_timings(
+        read_csv(tmp_path / "straight" / "history.csv"))
+
+
+def test_bn_init_choices_are_the_models():
+    from config import BN_INITS
+    import resnet
+    assert BN_INITS == resnet.BN_INITS
+    for name in BN_INITS:
+        assert parse_args(["--bn-init", name])[0].bn_init == name

@@ -1,0 +1,130 @@
+"""Optimizer options: L-BFGS line search, history mode and chunked batches; weight decay on BatchNorm;
+label smoothing."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from config import parse_args
+from engine import Compute, build_optimizer, lbfgs_step, sgd_step, train_one_epoch
+from resnet import build_model, freeze, select_parameters
+
+FP32 = Compute(torch.device("cpu"))
+
+
+def batch(n=32, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 32, 32, generator=generator), torch.randint(0, 10, (n,), generator=generator)
+
+
+def lbfgs_model(*flags, seed=0):
+    torch.manual_seed(seed)
+    model = build_model("resnet20")
+    cfg = parse_args(["--optimizer", "lbfgs", "-t", "bn", *flags])[0]
+    return model, cfg, build_optimizer(cfg, freeze(model, "bn"))
+
+
+def test_line_search_flag_reaches_lbfgs():
+    assert lbfgs_model()[2].param_groups[0]["line_search_fn"] == "strong_wolfe"
+    assert lbfgs_model("--lbfgs-line-search", "none")[2].param_groups[0]["line_search_fn"] is None
+
+
+def test_chunked_lbfgs_step_equals_the_whole_batch_step():
+    """With BN in eval mode (no batch statistics) chunks change nothing but the memory needed."""
+    images, labels = batch(48)
+    results = []
+    for chunk in (0, 16):
+        model, cfg, optimizer = lbfgs_model("--lbfgs-max-iter", "3", "--lbfgs-chunk-size", str(chunk))
+        model.eval()
+        step = lbfgs_step(model, optimizer, images, labels, 1e-3, FP32, chunk_size=chunk)
+        results.append((step, [p.detach().clone() for p in optimizer.param_groups[0]["params"]]))
+    (whole, whole_params), (chunked, chunked_params) = results
+    assert whole["passes"] == chunked["passes"] > 1
+    assert float(chunked["loss"]) == pytest.approx(float(whole["loss"]), rel=1e-5)
+    assert int(chunked["correct"]) == int(whole["correct"])
+    for a, b in zip(whole_params, chunked_params):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert any(not torch.equal(a, p) for a, p in zip(whole_params, freeze(build_model("resnet20"), "bn")))
+
+
+def test_chunked_loss_is_the_batch_mean_in_train_mode():
+    images, labels = batch(48)
+    model, cfg, optimizer = lbfgs_model("--lbfgs-max-iter", "1", "--lbfgs-chunk-size", "16")
+    with torch.no_grad():
+        expected = sum(F.cross_entropy(model(images[i:i + 16]), labels[i:i + 16]) for i in (0, 16, 32)) / 3
+    model, cfg, optimizer = lbfgs_model("--lbfgs-max-iter", "1", "--lbfgs-chunk-size", "16")
+    assert float(lbfgs_step(model, optimizer, images, labels, 0.0, FP32, chunk_size=16)["loss"]) == pytest.approx(
+        float(expected), rel=1e-5)
+
+
+def epoch_state(mode):
+    """L-BFGS iterations remembered after an epoch of 4 batches with the given history mode."""
+    model, cfg, optimizer = lbfgs_model("--lbfgs-max-iter", "2", "--lbfgs-batch-size", "16",
+                                        "--lbfgs-history-mode", mode, "--no-progress")
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (64,))
+    stats = (torch.full((3, 1, 1), 128.0), torch.full((3, 1, 1), 64.0))
+    train_one_epoch(model, optimizer, cfg, (images, labels), stats, torch.Generator().manual_seed(0), 1, FP32)
+    return optimizer.state[optimizer.param_groups[0]["params"][0]]
+
+
+def test_history_mode_reset_forgets_between_batches():
+    persist, reset = epoch_state("persist"), epoch_state("reset")
+    assert persist["n_iter"] >= 4 and reset["n_iter"] <= 2  # counts every batch's iterations, or the last's
+    assert len(persist["old_dirs"]) > len(reset["old_dirs"])  # curvature pairs of earlier batches were kept
+
+
+def test_bn_weight_decay_switch():
+    model = build_model("resnet20")
+    params = freeze(model, "all")
+    bn = select_parameters(model, "bn")
+    default = build_optimizer(parse_args([])[0], params)
+    assert len(default.param_groups) == 1 and default.param_groups[0]["weight_decay"] == 1e-4
+    cfg = parse_args(["--bn-weight-decay", "false"])[0]
+    split = build_optimizer(cfg, params, no_decay=bn)
+    assert [g["weight_decay"] for g in split.param_groups] == [1e-4, 0.0]
+    assert {id(p) for p in split.param_groups[1]["params"]} == {id(p) for p in bn}
+    adamw = build_optimizer(parse_args(["--optimizer", "adamw", "--bn-weight-decay", "false"])[0], params, bn)
+    assert [g["weight_decay"] for g in adamw.param_groups] == [1e-4, 0.0]
+
+
+def test_bn_parameters_without_decay_do_not_shrink():
+    """A zero learning signal (lr on a frozen loss) leaves only decay: the BN parameters must not move."""
+    model = build_model("resnet20")
+    params = freeze(model, "bn")
+    cfg = parse_args(["-t", "bn", "--wd", "0.5", "--bn-weight-decay", "false", "--momentum", "0"])[0]
+    optimizer = build_optimizer(cfg, params, no_decay=params)
+    before = [p.detach().clone() for p in params]
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    assert all(torch.equal(a, p) for a, p in zip(before, params))
+    decayed = build_optimizer(parse_args(["-t", "bn", "--wd", "0.5", "--momentum", "0"])[0], params)
+    decayed.step()
+    assert not all(torch.equal(a, p) for a, p in zip(before, params))
+
+
+def test_lbfgs_leaves_undecayed_parameters_out_of_the_l2_term():
+    images, labels = batch(32)
+    final = {}
+    for name, wd, decayed in (("none", 0.0, None), ("bn_off", 10.0, []), ("on", 10.0, None)):
+        model, cfg, optimizer = lbfgs_model("--lbfgs-max-iter", "2")
+        model.eval()
+        lbfgs_step(model, optimizer, images, labels, wd, FP32, decayed=decayed)
+        final[name] = [p.detach().clone() for p in optimizer.param_groups[0]["params"]]
+    assert all(torch.equal(a, b) for a, b in zip(final["none"], final["bn_off"]))
+    assert not all(torch.equal(a, b) for a, b in zip(final["none"], final["on"]))
+
+
+def test_label_smoothing_changes_the_training_loss_only():
+    images, labels = batch(16)
+    torch.manual_seed(0)
+    model = build_model("resnet20").eval()
+    plain = sgd_step(model, None, images, labels, FP32)["loss"]
+    smooth = sgd_step(model, None, images, labels, FP32, label_smoothing=0.1)["loss"]
+    with torch.no_grad():
+        expected = F.cross_entropy(model(images), labels, label_smoothing=0.1)
+    assert float(smooth) == pytest.approx(float(expected)) and float(smooth) != pytest.approx(float(plain))
+    for bad in ("1", "-0.1", "nan"):
+        with pytest.raises(Exception, match="label-smoothing"):
+            parse_args(["--label-smoothing", bad])

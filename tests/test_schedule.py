@@ -1,0 +1,120 @@
+"""Learning-rate schedules with warmup, and --phases: parsing, the per-phase schedule, the history's
+phase column and resuming across a phase switch."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO, TINY, assert_one_line_error, read_csv, run_train, without_timings
+from config import ConfigError, parse_args, phase_at
+from engine import build_optimizer, build_scheduler, lr_factor
+
+
+def lrs(args, epochs=None):
+    """The learning rate of every epoch, as the run would use it."""
+    cfg = parse_args(args)[0]
+    optimizer = build_optimizer(cfg, [torch.nn.Parameter(torch.zeros(1))])
+    scheduler = build_scheduler(cfg, optimizer, epochs)
+    values = []
+    for _ in range(epochs or cfg.epochs):
+        values.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return values
+
+
+def test_multistep_matches_torch_multisteplr():
+    cfg = parse_args(["--epochs", "8", "--milestones", "3,6"])[0]
+    reference = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.MultiStepLR(reference, milestones=[3, 6], gamma=0.1)
+    expected = []
+    for _ in range(8):
+        expected.append(reference.param_groups[0]["lr"])
+        reference.step()
+        sched.step()
+    assert lrs(["--epochs", "8", "--milestones", "3,6"]) == pytest.approx(expected, rel=1e-12)
+
+
+def test_cosine_matches_torch_cosineannealinglr():
+    reference = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(reference, T_max=7)
+    expected = []
+    for _ in range(7):
+        expected.append(reference.param_groups[0]["lr"])
+        reference.step()
+        sched.step()
+    assert lrs(["--epochs", "7", "--schedule", "cosine"]) == pytest.approx(expected, rel=1e-9)
+
+
+def test_warmup_rises_linearly_then_follows_the_schedule():
+    assert lrs(["--epochs", "6", "--schedule", "constant", "--warmup-epochs", "3"]) == pytest.approx(
+        [0.025, 0.05, 0.075, 0.1, 0.1, 0.1])
+    # milestones stay absolute epochs: warmup does not shift them
+    assert lrs(["--epochs", "6", "--milestones", "4", "--warmup-epochs", "1"]) == pytest.approx(
+        [0.05, 0.1, 0.1, 0.1, 0.01, 0.01])
+    cosine = lrs(["--epochs", "6", "--schedule", "cosine", "--warmup-epochs", "2"])
+    assert cosine[:3] == pytest.approx([0.1 / 3, 0.2 / 3, 0.1])  # the cosine starts where warmup ends
+    assert cosine[2:] == pytest.approx([0.1 * lr_factor(t, 4, "cosine", None) for t in range(4)])
+
+
+def test_phases_parse_and_set_epochs():
+    cfg = parse_args(["--phases", "bn:5,all:155"])[0]
+    assert cfg.phases == [["bn", 5], ["all", 155]] and cfg.epochs == 160 and cfg.trainable == "bn"
+    assert cfg.milestones is None  # each phase gets 50 % / 75 % of its own length
+    assert [phase_at(cfg, e) for e in (1, 5, 6, 160)] == [(0, "bn", 5), (0, "bn", 5), (1, "all", 155),
+                                                          (1, "all", 155)]
+    plain = parse_args(["-t", "bn", "--epochs", "4"])[0]
+    assert phase_at(plain, 3) == (0, "bn", 4) and phase_at(plain, 9) == (0, "bn", 4)
+    # each phase's multistep schedule drops at 50 % and 75 % of that phase
+    assert lrs(["--phases", "bn:2,all:4"], epochs=4) == pytest.approx([0.1, 0.1, 0.01, 0.001])
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--phases", "bn:5,all"], ["--phases", "MODE:EPOCHS"]),
+    (["--phases", "bn:0"], ["--phases", "EPOCHS >= 1"]),
+    (["--phases", "random:3"], ["--phases", "MODE"]),
+    (["--phases", "bn:2,all:2", "-t", "all"], ["--phases", "-t"]),
+    (["--phases", "bn:2,all:2", "--epochs", "5"], ["--epochs 5", "4"]),
+    (["--phases", "bn:2,all:2", "--milestones", "1"], ["--milestones", "--phases"]),
+    (["--warmup-epochs", "3", "--epochs", "3"], ["--warmup-epochs", "3"]),
+    (["--warmup-epochs", "2", "--phases", "bn:2,all:8"], ["--warmup-epochs", "shortest phase"]),
+    (["--warmup-epochs", "-1"], ["--warmup-epochs"]),
+])
+def test_bad_phase_and_warmup_settings_are_one_line_errors(args, words):
+    with pytest.raises((ConfigError, SystemExit)):
+        parse_args(args)
+    assert_one_line_error(run_train(*TINY, *args, "--save-dir", "/nonexistent/never"), *words)
+
+
+def test_phases_switch_training_and_record_the_phase(tmp_path):
+    folder = tmp_path / "phased"
+    result = run_train(*TINY, "--phases", "bn:1,all:2", "--val-split", "64", "--save-dir", folder)
+    assert result.returncode == 0, result.stderr
+    rows = read_csv(folder / "history.csv")
+    assert [r["phase"] for r in rows] == ["bn", "all", "all"]
+    # the schedule restarts: phase 2 (2 epochs, milestone 1) begins at the full lr again
+    assert [float(r["lr"]) for r in rows] == pytest.approx([0.1, 0.1, 0.01])
+    assert "phase 2/2 from epoch 2: all" in result.stdout
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["trainable_params"] == summary["total_params"]  # the last phase trains everything
+    assert torch.load(folder / "checkpoint.pt", weights_only=True)["phase"] == 1
+
+
+@pytest.mark.parametrize("stop_epoch", [2, 3])  # stopped at the switch, or within the second phase
+def test_resume_across_phases_matches_the_uninterrupted_run(tmp_path, stop_epoch):
+    args = [*TINY, "--phases", "bn:1,all:3", "--val-split", "64", "--optimizer", "adam"]
+    straight = run_train(*args, "--save-dir", tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr
+    env = {**os.environ, "BN_ONLY_INJECT_NAN": f"{stop_epoch}:1"}  # a NaN ends the run after epoch stop - 1
+    stopped = subprocess.run([sys.executable, str(REPO / "train.py"), *map(str, args), "--save-dir",
+                              tmp_path / "split"], cwd=REPO, capture_output=True, text=True, env=env, timeout=240)
+    assert stopped.returncode == 3, stopped.stderr
+    assert len(read_csv(tmp_path / "split" / "history.csv")) == stop_epoch - 1
+    resumed = run_train("--resume", tmp_path / "split", "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    assert without_timings(read_csv(tmp_path / "split" / "history.csv")) == without_timings(
+        read_csv(tmp_path / "straight" / "history.csv"))
