@@ -70,8 +70,10 @@ def phase_list(text) -> list:
     for item in items:
         parts = item.split(":") if isinstance(item, str) else list(item)
         try:
-            mode, epochs = str(parts[0]), int(parts[1])
-            if len(parts) != 2 or mode not in PHASE_MODES or epochs < 1:
+            mode, epochs = str(parts[0]), parts[1]
+            if isinstance(epochs, str) and epochs.isdigit():
+                epochs = int(epochs)
+            if len(parts) != 2 or mode not in PHASE_MODES or type(epochs) is not int or epochs < 1:
                 raise ValueError
         except (ValueError, IndexError, TypeError):
             raise argparse.ArgumentTypeError(

@@ -32,6 +32,7 @@ from `analysis.py`; only the `draw_*` functions touch matplotlib.
 
 import argparse
 import csv
+import dataclasses
 import functools
 import json
 import math
@@ -45,6 +46,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (must follow the backend choice)
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 import analysis  # noqa: E402  (pure numbers: seed statistics, table, phases, γ)
+from config import Config  # noqa: E402  (the settings' defaults)
 
 # Settings that say where or how a run was executed, not what was trained.
 BOOKKEEPING_KEYS = frozenset({
@@ -54,11 +56,16 @@ BOOKKEEPING_KEYS = frozenset({
 })
 # Settings in which runs may differ and still be repeats of one experiment (a seed group).
 # `checkpoint_minutes` is already bookkeeping (see `settings`); named here for the reader.
-SEED_KEYS = frozenset({"seed", "resolved_precision", "checkpoint_minutes"})
+SEED_KEYS = frozenset({"seed", "checkpoint_minutes"})
+# The trainer's defaults (config.py is plain Python: no torch, no trainer code).
+SETTING_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
 # Settings whose value follows another's default: runs with different optimizers have different
 # default learning rates, and are still a comparison of optimizers.
 # The same holds for the L-BFGS-only settings when only one of the runs uses L-BFGS.
-FOLLOWS = {"optimizer": ("lr", "bn_recalibrate", "lbfgs_history", "lbfgs_max_iter", "lbfgs_batch_size")}
+# And --phases runs: their default milestones are per phase, `phases` shows as `trainable` (with_defaults).
+FOLLOWS = {"optimizer": ("lr", "bn_recalibrate", "lbfgs_history", "lbfgs_max_iter", "lbfgs_batch_size",
+                         "lbfgs_chunk_size", "lbfgs_line_search", "lbfgs_history_mode"),
+           "trainable": ("phases", "milestones")}
 REQUIRED_COLUMNS = ("epoch", "train_loss", "train_acc")
 # Numeric columns this script knows; `phase` is read as text; any other column is ignored unread.
 KNOWN_COLUMNS = REQUIRED_COLUMNS + (
@@ -158,7 +165,18 @@ def read_folder(path):
         raise RunError(f"no such folder {path}; check the path")
     config_path = os.path.join(path, "config.json")
     config = read_config(config_path) if os.path.exists(config_path) else None
-    return {"name": folder_name(path), "path": path, "config": config}
+    return {"name": folder_name(path), "path": path, "config": None if config is None else with_defaults(config)}
+
+
+def with_defaults(config):
+    """The settings of a config.json as compared and shown: settings added to the trainer after the run
+    was made take their defaults (an older run is not 'different' in them), and a --phases run shows
+    its phases as its `trainable` value, e.g. 'bn:5,all:155'."""
+    config = {**{k: v for k, v in SETTING_DEFAULTS.items() if k not in config}, **config}
+    config.setdefault("resolved_precision", "fp32")  # runs from before --precision were fp32
+    if config.get("phases"):
+        config["trainable"] = ",".join(f"{mode}:{epochs}" for mode, epochs in config["phases"])
+    return config
 
 
 def read_run(path):

@@ -154,7 +154,16 @@ class ChosenEntries(nn.Module):
 
     def forward(self, weight):
         # out-of-place index_put: a copy of the frozen weight (same strides), differentiable w.r.t. values
-        return weight.index_put(torch.unravel_index(self.index, weight.shape), self.values)
+        return weight.index_put(unravel(self.index, weight.shape), self.values)
+
+
+def unravel(flat: torch.Tensor, shape) -> tuple:
+    """Flat row-major positions -> one index tensor per dimension (torch.unravel_index needs torch >= 2.2)."""
+    coordinates = []
+    for size in reversed(shape):
+        coordinates.append(flat % size)
+        flat = flat // size
+    return tuple(reversed(coordinates))
 
 
 def draw_positions(out_channels: int, fan_in: int, per_channel: int, generator: torch.Generator) -> torch.Tensor:

@@ -319,7 +319,7 @@ def restore(checkpoint: dict, model, optimizer, scheduler, scaler, generator) ->
         if optimizer is not None and checkpoint.get("optimizer"):
             optimizer.load_state_dict(checkpoint["optimizer"])
         if scheduler is not None and checkpoint.get("scheduler"):
-            scheduler.load_state_dict(checkpoint["scheduler"])
+            scheduler.load_state_dict(scheduler_state(checkpoint["scheduler"]))
         if scaler is not None and checkpoint.get("scaler"):
             scaler.load_state_dict(checkpoint["scaler"])
         if generator is not None:  # None: only evaluating, no random numbers needed
@@ -330,6 +330,15 @@ def restore(checkpoint: dict, model, optimizer, scheduler, scaler, generator) ->
         raise CheckpointError(f"--resume: the checkpoint does not match this model or run "
                               f"({str(e).splitlines()[0][:120]}); resume with the settings it was made with") from None
     return checkpoint["normalization"]
+
+
+def scheduler_state(state: dict) -> dict:
+    """A saved schedule state as the LambdaLR of build_scheduler loads it. Checkpoints written before the
+    schedules became one LambdaLR hold a MultiStepLR or CosineAnnealingLR state: only the position counts."""
+    if "lr_lambdas" in state:
+        return state
+    keep = ("base_lrs", "last_epoch", "_step_count", "_last_lr", "verbose", "_get_lr_called_within_step")
+    return {**{k: state[k] for k in keep if k in state}, "lr_lambdas": [None] * len(state["base_lrs"])}
 
 
 def prepare_save_dir(cfg: Config, compute: Compute, resuming: bool) -> None:

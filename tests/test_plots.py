@@ -268,7 +268,7 @@ def make_seed_runs(root):
     }
     folders = []
     for seed, (name, rows) in enumerate(histories.items()):
-        changes = {"lr": 0.05} if name == "low_lr" else {"seed": seed, "resolved_precision": ["fp32", "bf16"][seed % 2]}
+        changes = {"lr": 0.05} if name == "low_lr" else {"seed": seed}
         folder = make_run(root, name, save_dir=f"runs/{name}", **changes)
         write_history(folder, TABLE_COLUMNS, *rows)
         folders.append(folder)
@@ -409,3 +409,17 @@ def test_gamma_without_checkpoint_is_one_line_error_and_writes_nothing(tmp_path)
 def test_table_and_gamma_together_is_a_usage_error(tmp_path):
     result = run_cli(make_run(tmp_path, "a"), "--table", "--gamma")
     assert result.returncode == 2 and "not allowed with" in result.stderr
+
+
+def test_settings_added_later_take_their_defaults_and_phases_compare_as_trainable(tmp_path):
+    old = make_run(tmp_path, "old")  # BASE_CONFIG has none of the newer settings
+    new = make_run(tmp_path, "new", label_smoothing=0.0, warmup_epochs=0, bn_weight_decay=True, phases=None,
+                   resolved_precision="fp32", lbfgs_line_search="strong_wolfe")
+    configs = [plots.read_folder(str(folder))["config"] for folder in (old, new)]
+    assert plots.differing_settings(configs) == []
+    full = make_run(tmp_path, "full", trainable="all")
+    phased = make_run(tmp_path, "phased", trainable="bn", milestones=None, phases=[["bn", 2], ["all", 8]])
+    runs = [plots.read_run(str(folder)) for folder in (full, phased)]
+    assert runs[1]["config"]["trainable"] == "bn:2,all:8"
+    assert plots.comparison_key(runs) == "trainable"  # phases and their per-phase milestones follow it
+    assert plots.plan_comparison_plots(runs, "trainable")[0]["filename"] == "all_vs_bn_2_all_8_loss.png"

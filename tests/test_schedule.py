@@ -118,3 +118,23 @@ def test_resume_across_phases_matches_the_uninterrupted_run(tmp_path, stop_epoch
     assert resumed.returncode == 0, resumed.stderr
     assert without_timings(read_csv(tmp_path / "split" / "history.csv")) == without_timings(
         read_csv(tmp_path / "straight" / "history.csv"))
+
+
+def test_a_checkpoint_from_before_lambdalr_resumes_at_its_position():
+    """Checkpoints once held a MultiStepLR state; the LambdaLR now built loads its position from it."""
+    from train import scheduler_state
+    cfg = parse_args(["--epochs", "8", "--milestones", "3,6"])[0]
+    old_optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    old = torch.optim.lr_scheduler.MultiStepLR(old_optimizer, milestones=[3, 6], gamma=0.1)
+    for _ in range(4):
+        old_optimizer.step()
+        old.step()
+    optimizer = build_optimizer(cfg, [torch.nn.Parameter(torch.zeros(1))])
+    scheduler = build_scheduler(cfg, optimizer)
+    optimizer.load_state_dict(old_optimizer.state_dict())  # in the order of train.restore
+    scheduler.load_state_dict(scheduler_state(old.state_dict()))
+    assert scheduler.last_epoch == 4 and optimizer.param_groups[0]["lr"] == pytest.approx(0.01)
+    optimizer.step()
+    for _ in range(2):
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.001)  # epoch index 6 passed milestone 6
