@@ -187,7 +187,11 @@ class Config:
         "imagefolder: where decoded images are cached"))
     workers: int = field(default=min(4, os.cpu_count() or 1), metadata=_flag(
         "processes decoding imagefolder images", "-j"))
-    device: str = field(default="auto", metadata=_flag("auto | cpu | cuda | cuda:N | mps (auto: cuda, mps, cpu)"))
+    device: str = field(default="auto", metadata=_flag(
+        "auto | cpu | cuda | cuda:N | mps (auto: cuda, mps, cpu; under torchrun auto/cuda is cuda:LOCAL_RANK)"))
+    sync_bn: bool = field(default=False, metadata=_flag(
+        "under torchrun: BatchNorm normalises with the statistics of the global batch (all processes) instead "
+        "of each process's own", type=str2bool, metavar="BOOL"))
     # speed
     precision: str = field(default="auto", metadata=_flag(
         "arithmetic of convolutions and matmuls: fp32, or bf16/fp16 autocast (BatchNorm statistics, parameters "

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from config import default_milestones
 from data import augment, epoch_order, fixed_subset_index, normalize
+from distributed import World, all_sum, shard
 from resnet import is_batchnorm
 
 
@@ -138,13 +139,16 @@ def l2_penalty(params: list, weight_decay: float):
 
 
 def lbfgs_step(model, optimizer, images, labels, weight_decay: float, compute: Compute, decayed=None,
-               chunk_size: int = 0, label_smoothing: float = 0.0) -> dict:
+               chunk_size: int = 0, label_smoothing: float = 0.0, world: World = World(), share: float = 1.0) -> dict:
     """One L-BFGS step on a fixed batch; BN running statistics move once, from the first forward pass.
 
     The loss is the batch's mean cross-entropy plus 0.5 * wd * |theta|^2 over `decayed` (default: every
     trained parameter). With `chunk_size`, each evaluation runs the batch in chunks of that many images
     and sums their gradients, so the batch may be larger than fits in memory at once; BatchNorm then
     normalises each chunk with its own statistics. A pass is one evaluation of the whole batch.
+    Under torchrun (`world`), `images` are this rank's part of the global batch and `share` its weight
+    (see sgd_step); DDP averages the gradients and the loss the line search sees is the global batch's,
+    so every rank takes the same step.
     The reported loss is the cross-entropy of the first pass (without the L2 term), as SGD reports it.
     A step whose loss or result is not finite is rolled back: parameters and BN statistics return to
     where they were, the curvature memory is cleared, and the result says `rolled_back`.
@@ -163,10 +167,12 @@ def lbfgs_step(model, optimizer, images, labels, weight_decay: float, compute: C
         for x, y in chunks:
             with compute.autocast():
                 logits = model(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing) * (len(y) / len(labels))
+                loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing) * (share * len(y) / len(labels))
             loss.backward()
             cross_entropy += loss.detach()
             correct += (logits.argmax(1) == y).sum()
+        if world.active:  # the ranks' weighted terms add up to world.size x the global mean
+            cross_entropy = all_sum(world, cross_entropy)[0] / world.size
         penalty = l2_penalty(decayed, weight_decay) if decayed and weight_decay else None
         if penalty is not None:
             penalty.backward()
@@ -187,18 +193,24 @@ def lbfgs_step(model, optimizer, images, labels, weight_decay: float, compute: C
     return {"loss": first["loss"], "correct": first["correct"], "passes": passes, "rolled_back": True}
 
 
-def sgd_step(model, optimizer, images, labels, compute: Compute, scaler=None, label_smoothing: float = 0.0) -> dict:
-    """One forward/backward/step; with no optimizer only the forward pass (BN statistics still move)."""
+def sgd_step(model, optimizer, images, labels, compute: Compute, scaler=None, label_smoothing: float = 0.0,
+             share: float = 1.0) -> dict:
+    """One forward/backward/step; with no optimizer only the forward pass (BN statistics still move).
+
+    `share`: under torchrun, (this rank's images x ranks) / global batch; the loss is weighted by it so
+    that DDP's average over the ranks is the global batch's mean gradient (1 for equal parts).
+    """
     with torch.set_grad_enabled(optimizer is not None), compute.autocast():
         logits = model(images)
         loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
     if optimizer is not None:
         optimizer.zero_grad(set_to_none=True)
+        weighted = loss if share == 1.0 else loss * share
         if scaler is None:
-            loss.backward()
+            weighted.backward()
             optimizer.step()
         else:
-            scaler.scale(loss).backward()
+            scaler.scale(weighted).backward()
             scaler.step(optimizer)
             scaler.update()
     return {"loss": loss.detach(), "correct": (logits.argmax(1) == labels).sum(), "passes": 1, "rolled_back": False}
@@ -219,18 +231,21 @@ def start_epoch(n: int, generator: torch.Generator) -> dict:
 
 
 def train_one_epoch(model, optimizer, cfg, train_split, stats, generator, epoch: int, compute: Compute,
-                    scaler=None, progress=None, after_step=None, no_decay=()) -> dict:
+                    scaler=None, progress=None, after_step=None, no_decay=(), world: World = World()) -> dict:
     """Train on every image once, in a seeded order with batched augmentation; returns the epoch's means.
 
     `progress` (from start_epoch, or a mid-epoch checkpoint) is updated after every step, then
     `after_step(progress)` is called: it may save it or stop the run. `no_decay`: trained parameters that
     L-BFGS leaves out of its L2 term (the other optimizers hold that in their groups). Nothing in the loop
     waits for the device, except L-BFGS's own line search: losses and counts are summed on it and read at the end.
+    Under torchrun every rank draws the same order and augmentation for each global batch of
+    world.size x -b images and trains on its own slice; the epoch's means are over all ranks, and
+    `progress` holds this rank's sums.
     """
     images, labels = train_split  # (N, 3, H, W) uint8 and (N,) int64, on the training device
     progress = progress or start_epoch(len(labels), generator)
     lbfgs = cfg.optimizer == "lbfgs" and optimizer is not None
-    batches = progress["order"].split(cfg.lbfgs_batch_size if lbfgs else cfg.batch_size)
+    batches = progress["order"].split((cfg.lbfgs_batch_size if lbfgs else cfg.batch_size) * world.size)
     inject_nan = injected_nan_steps(epoch)
     if lbfgs:
         skip = {id(p) for p in no_decay}
@@ -241,17 +256,22 @@ def train_one_epoch(model, optimizer, cfg, train_split, stats, generator, epoch:
     for step in range(progress["step"], len(batches)):
         start = time.perf_counter()
         index = batches[step]
-        x = compute.inputs(augment(images[index], generator), stats)
+        if len(index) < world.size:  # a last global batch too small to give every rank an image
+            progress["step"] = step + 1
+            continue
+        part = shard(len(index), world)  # the whole batch is augmented so every rank draws the same numbers
+        x = compute.inputs(augment(images[index], generator)[part], stats)
         if step + 1 in inject_nan:
             x = x * float("nan")
-        y = labels[index]
+        y = labels[index][part]
+        share = len(y) * world.size / len(index)
         if lbfgs:
             if cfg.lbfgs_history_mode == "reset":  # each batch is a new problem: forget the curvature pairs
                 optimizer.state.clear()
             result = lbfgs_step(model, optimizer, x, y, cfg.weight_decay, compute, decayed, cfg.lbfgs_chunk_size,
-                                cfg.label_smoothing)
+                                cfg.label_smoothing, world, share)
         else:
-            result = sgd_step(model, optimizer, x, y, compute, scaler, cfg.label_smoothing)
+            result = sgd_step(model, optimizer, x, y, compute, scaler, cfg.label_smoothing, share)
         progress["passes"] += result["passes"]
         if result["rolled_back"]:
             progress["rollbacks"] += 1
@@ -272,8 +292,10 @@ def train_one_epoch(model, optimizer, cfg, train_split, stats, generator, epoch:
         if after_step is not None:
             after_step(progress)
     bar.close()
-    n = max(progress["images"], 1)
-    return {"loss": progress["loss_sum"].item() / n, "acc": 100.0 * progress["correct"].item() / n,
+    loss_sum, correct, images_seen = all_sum(world, progress["loss_sum"], progress["correct"],
+                                             torch.tensor(progress["images"], device=progress["correct"].device))
+    n = max(int(images_seen), 1)
+    return {"loss": loss_sum.item() / n, "acc": 100.0 * correct.item() / n,
             "passes": progress["passes"], "rollbacks": progress["rollbacks"],
             "images_per_second": len(labels) / max(progress["seconds"], 1e-9)}
 
@@ -299,12 +321,14 @@ def recalibrate_bn(model, images: torch.Tensor, stats, count: int, compute: Comp
 
 
 @torch.inference_mode()
-def evaluate(model, split, stats, compute: Compute, batch_size: int = 256) -> dict:
-    """Mean cross-entropy and accuracy (%) over a whole split, in eval mode.
+def evaluate(model, split, stats, compute: Compute, batch_size: int = 256, world: World = World()) -> dict:
+    """Mean cross-entropy and accuracy (%) over a whole split, in eval mode; under torchrun each rank
+    evaluates its own slice and the sums are added up, so every image counts once.
 
     Batches of 256 were the fastest on a 2-core CPU (fp32 and bf16; 1,024 was 25-30 % slower).
     """
-    images, labels = split
+    part = shard(len(split[1]), world)
+    images, labels = split[0][part], split[1][part]
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=labels.device)
     correct = torch.zeros((), dtype=torch.int64, device=labels.device)
@@ -314,4 +338,5 @@ def evaluate(model, split, stats, compute: Compute, batch_size: int = 256) -> di
         y = labels[start:start + batch_size]
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
         correct += (logits.argmax(1) == y).sum()
-    return {"loss": loss_sum.item() / len(labels), "acc": 100.0 * correct.item() / len(labels)}
+    loss_sum, correct = all_sum(world, loss_sum, correct)
+    return {"loss": loss_sum.item() / len(split[1]), "acc": 100.0 * correct.item() / len(split[1])}

@@ -19,7 +19,9 @@ import time
 import numpy as np
 import torch
 
+import distributed
 from analysis import gamma_stats
+from distributed import World, any_rank, broadcast_value, world_from_env
 from config import FIELDS, RUNTIME_SETTINGS, Config, ConfigError, fail, parse_args, phase_at, resolve, to_dict
 from data import load_dataset
 from engine import (Compute, TrainingDiverged, all_finite, build_optimizer, build_scheduler, evaluate,
@@ -29,9 +31,12 @@ from runfiles import (RUN_FILES, CheckpointError, check_save_dir, checkpoint_pat
                       save_checkpoint, set_rng_state, summarize, write_history, write_json)
 
 
-def resolve_device(name: str) -> torch.device:
-    """auto: cuda, then mps, then cpu; an accelerator that is not there is an error."""
+def resolve_device(name: str, world: World = World()) -> torch.device:
+    """auto: cuda, then mps, then cpu; an accelerator that is not there is an error. Under torchrun,
+    auto and cuda mean this process's GPU, cuda:LOCAL_RANK."""
     has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if world.active and name in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", world.local_rank)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
     if name.startswith("cuda"):
@@ -91,16 +96,17 @@ def run_epoch(epoch: int, cfg: Config, ex: "Experiment", after_step=None) -> dic
     start = time.perf_counter()
     lr = ex.optimizer.param_groups[0]["lr"] if ex.optimizer is not None else 0.0
     progress, ex.progress = ex.progress, None
-    train = train_one_epoch(ex.model, ex.optimizer, cfg, ex.splits["train"], ex.stats, ex.generator, epoch,
-                            ex.compute, ex.scaler, progress, after_step, ex.no_decay)
+    train = train_one_epoch(ex.train_model, ex.optimizer, cfg, ex.splits["train"], ex.stats, ex.generator, epoch,
+                            ex.compute, ex.scaler, progress, after_step, ex.no_decay, ex.world)
     row = {"epoch": epoch, **({"phase": phase_at(cfg, epoch)[1]} if cfg.phases else {}), "lr": lr,
            "train_loss": train["loss"], "train_acc": train["acc"]}
     eval_start = time.perf_counter()
+    distributed.average_bn_statistics(ex.model, ex.world)  # every rank evaluates (and saves) the same model
     if cfg.bn_recalibrate:
         recalibrate_bn(ex.model, ex.splits["train"][0], ex.stats, cfg.bn_recalibrate, ex.compute)
     for split in ("val", "test"):
         if split in ex.splits:
-            metrics = evaluate(ex.model, ex.splits[split], ex.stats, ex.compute)
+            metrics = evaluate(ex.model, ex.splits[split], ex.stats, ex.compute, world=ex.world)
             row[f"{split}_loss"], row[f"{split}_acc"] = metrics["loss"], metrics["acc"]
     if ex.scheduler is not None:
         ex.scheduler.step()
@@ -111,24 +117,29 @@ def run_epoch(epoch: int, cfg: Config, ex: "Experiment", after_step=None) -> dic
 
 
 def main(argv=None) -> int:
+    world = world_from_env()
+    rank = f"[rank {world.rank}] " if world.active else ""
     try:
-        return run(*parse_args(argv))
+        status = run(*parse_args(argv), world)
+        distributed.stop(world)
+        return status
     except ConfigError as e:
-        fail(str(e))
+        fail(rank + str(e))
     except RunStopped as e:
-        fail(str(e), status=128 + e.signal)
+        fail(str(e), status=128 + e.signal) if world.main else sys.exit(128 + e.signal)
     except TrainingDiverged as e:
-        fail(f"{e}; lower --lr (the last good checkpoint is kept)", status=3)
+        fail(f"{rank}{e}; lower --lr (the last good checkpoint is kept)", status=3)
     except KeyboardInterrupt:  # every run file is replaced atomically: the last saved checkpoint is intact
-        fail("interrupted; continue from the last saved checkpoint with --resume RUN_DIR", status=130)
+        fail(f"{rank}interrupted; continue from the last saved checkpoint with --resume RUN_DIR", status=130)
 
 
 class RunStopped(Exception):
     """SIGINT or SIGTERM stopped the run after a checkpoint was written."""
 
-    def __init__(self, signum: int, save_dir: str, where: str):
+    def __init__(self, signum: int, save_dir: str, where: str, world: World = World()):
+        launcher = f"torchrun --nproc_per_node={world.size}" if world.active else "python"  # one node's count
         super().__init__(f"stopped by {signal.Signals(signum).name} {where}; checkpoint saved; "
-                         f"continue with: python train.py --resume {save_dir}")
+                         f"continue with: {launcher} train.py --resume {save_dir}")
         self.signal = signum
 
 
@@ -169,12 +180,27 @@ class Experiment:
     num_classes: int
     history: list
     start_epoch: int
+    world: World  # this process's place in a torchrun job
+    train_model: torch.nn.Module  # `model`, or DistributedDataParallel around it under torchrun
     phase: int  # index into --phases (0 without phases) of the optimizer and schedule
     no_decay: list  # trainable parameters without weight decay
     progress: dict = None  # the partial first epoch of a mid-epoch checkpoint
 
 
-def run(cfg: Config, given: set) -> int:
+def on_main(world: World, action) -> None:
+    """Run `action` on rank 0 only; a ConfigError it raises is raised on every rank."""
+    error = None
+    if world.main:
+        try:
+            action()
+        except ConfigError as e:
+            error = str(e)
+    error = broadcast_value(world, error)
+    if error is not None:
+        raise ConfigError(error)
+
+
+def run(cfg: Config, given: set, world: World = World()) -> int:
     """Check everything that can be checked, then evaluate or train; returns the exit status."""
     checkpoint = None
     if cfg.resume:
@@ -183,23 +209,29 @@ def run(cfg: Config, given: set) -> int:
         cfg = resume_config(checkpoint, cfg, given)
         if "save_dir" not in given:
             cfg.save_dir = os.path.dirname(os.path.abspath(path))
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, world)
+    if checkpoint is not None and not cfg.evaluate and checkpoint.get("world_size", 1) != world.size:
+        raise ConfigError(f"--resume: the run was made by {checkpoint.get('world_size', 1)} process(es), this is "
+                          f"{world.size}; resume with as many (torchrun --nproc_per_node), or -e to evaluate")
+    distributed.start(world, device)
     if not cfg.evaluate:
-        cfg.save_dir = cfg.save_dir or default_save_dir(cfg)
+        cfg.save_dir = cfg.save_dir or broadcast_value(world, default_save_dir(cfg))
         in_place = resuming_in_place(cfg, checkpoint)
-        check_save_dir(cfg.save_dir, cfg.overwrite, resuming=in_place)
-    experiment = build_experiment(cfg, device, checkpoint)
+        on_main(world, lambda: check_save_dir(cfg.save_dir, cfg.overwrite, resuming=in_place))
+    experiment = build_experiment(cfg, device, checkpoint, world)
     if cfg.evaluate:
         if "test" not in experiment.splits:
             raise ConfigError(f"--evaluate: the {cfg.dataset} data in {cfg.data_dir} has no test split")
-        metrics = evaluate(experiment.model, experiment.splits["test"], experiment.stats, experiment.compute)
-        print(f"test_loss {metrics['loss']:.4f} test_acc {metrics['acc']:.2f}")
+        metrics = evaluate(experiment.model, experiment.splits["test"], experiment.stats, experiment.compute,
+                           world=world)
+        if world.main:
+            print(f"test_loss {metrics['loss']:.4f} test_acc {metrics['acc']:.2f}")
         return 0
-    prepare_save_dir(cfg, experiment.compute, resuming=in_place)
+    on_main(world, lambda: prepare_save_dir(cfg, experiment.compute, in_place, world))
     return train(cfg, experiment, device)
 
 
-def build_experiment(cfg: Config, device: torch.device, checkpoint) -> Experiment:
+def build_experiment(cfg: Config, device: torch.device, checkpoint, world: World = World()) -> Experiment:
     """Seed, load the data, build the model, optimizer and schedule; restore them when resuming."""
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -208,6 +240,8 @@ def build_experiment(cfg: Config, device: torch.device, checkpoint) -> Experimen
     dataset = load_dataset(cfg)
     compute = Compute(device, resolve_precision(cfg.precision, device), cfg.channels_last)
     model = compute.place(build_model(cfg.arch, dataset.num_classes, cfg.width, cfg.bn_init))
+    if cfg.sync_bn and world.active:
+        distributed.convert_sync_batchnorm(model, device)
     start_epoch = checkpoint["epoch"] + 1 if checkpoint is not None else 1
     phase, mode, epochs = phase_at(cfg, start_epoch)
     params, no_decay, optimizer, scheduler = setup_phase(cfg, model, mode, epochs)  # before load_state_dict
@@ -222,12 +256,16 @@ def build_experiment(cfg: Config, device: torch.device, checkpoint) -> Experimen
         progress = checkpoint.get("progress")
         if progress is not None and not cfg.evaluate:
             progress = {k: v.to(device) if torch.is_tensor(v) else v for k, v in progress.items()}
+            if not world.main:  # the saved sums are the job's: rank 0 carries them on, the others start at 0
+                progress.update(loss_sum=torch.zeros_like(progress["loss_sum"]),
+                                correct=torch.zeros_like(progress["correct"]), images=0)
     stats = tuple(torch.tensor(normalization[k], device=device).view(3, 1, 1) for k in ("mean", "std"))
     splits = {name: (images.to(device), labels.to(device)) for name, (images, labels) in dataset.splits.items()}
     if cfg.compile:
         model.compile()  # in place: the state_dict keys stay those of the plain model
+    train_model = distributed.wrap(model, world, device)
     return Experiment(model, params, optimizer, scheduler, generator, compute, scaler, splits, stats, normalization,
-                      dataset.num_classes, history, start_epoch, phase, no_decay, progress)
+                      dataset.num_classes, history, start_epoch, world, train_model, phase, no_decay, progress)
 
 
 def setup_phase(cfg: Config, model, mode: str, epochs: int) -> tuple:
@@ -246,59 +284,79 @@ def enter_phase(cfg: Config, ex: Experiment, epoch: int) -> None:
     if index == ex.phase:
         return
     ex.params, ex.no_decay, ex.optimizer, ex.scheduler = setup_phase(cfg, ex.model, mode, epochs)
+    ex.train_model = distributed.wrap(ex.model, ex.world, ex.compute.device)  # DDP follows requires_grad
     ex.phase = index
-    print(f"phase {index + 1}/{len(cfg.phases)} from epoch {epoch}: {mode} for {epochs} epochs, "
-          f"{sum(p.numel() for p in ex.params):,} parameters trainable, new {cfg.optimizer} optimizer and schedule",
-          flush=True)
+    if ex.world.main:
+        print(f"phase {index + 1}/{len(cfg.phases)} from epoch {epoch}: {mode} for {epochs} epochs, "
+              f"{sum(p.numel() for p in ex.params):,} parameters trainable, new {cfg.optimizer} optimizer and "
+              f"schedule", flush=True)
 
 
 def train(cfg: Config, ex: Experiment, device: torch.device) -> int:
-    """The epoch loop: train, evaluate, and write the run files after every epoch."""
+    """The epoch loop: train, evaluate, and write the run files after every epoch. Under torchrun rank 0
+    prints and writes; decisions to save or stop are taken by all ranks together."""
+    world = ex.world
+    say = print if world.main else (lambda *args, **kwargs: None)
+    cfg.no_progress = cfg.no_progress or not world.main
     total, trainable = count_parameters(ex.model), sum(p.numel() for p in ex.params)
     mode = phase_at(cfg, ex.start_epoch)[1] + (f", phase {ex.phase + 1} of {len(cfg.phases)}" if cfg.phases else "")
-    print(f"{cfg.arch} x{cfg.width}: {trainable:,} of {total:,} parameters trainable ({mode}), "
-          f"{cfg.optimizer}, {len(ex.splits['train'][1]):,} training images, device {device} "
-          f"({ex.compute.precision}{', channels-last' if cfg.channels_last else ''}), "
-          f"run folder {cfg.save_dir}", flush=True)
+    processes = f", {world.size} processes x batch {cfg.batch_size}" if world.active else ""
+    say(f"{cfg.arch} x{cfg.width}: {trainable:,} of {total:,} parameters trainable ({mode}), "
+        f"{cfg.optimizer}, {len(ex.splits['train'][1]):,} training images, device {device}{processes} "
+        f"({ex.compute.precision}{', channels-last' if cfg.channels_last else ''}), "
+        f"run folder {cfg.save_dir}", flush=True)
     if "test" not in ex.splits and "val" not in ex.splits:
-        print("note: no test split and no --val-split: only training metrics are recorded", file=sys.stderr)
+        say("note: no test split and no --val-split: only training metrics are recorded", file=sys.stderr)
     checkpoint_file = os.path.join(cfg.save_dir, "checkpoint.pt")
     last_save, saved_epoch = time.monotonic(), None
 
     def save(epoch: int, progress=None) -> None:
         nonlocal last_save, saved_epoch
-        save_checkpoint(checkpoint_file, checkpoint_state(cfg, ex, epoch, progress))
+        if progress is not None and world.active:  # within an epoch: the job's sums and one set of BN statistics
+            loss_sum, correct, images = distributed.all_sum(
+                world, progress["loss_sum"], progress["correct"], torch.tensor(progress["images"]))
+            progress = {**progress, "loss_sum": loss_sum, "correct": correct, "images": int(images)}
+            distributed.average_bn_statistics(ex.model, world)
+        if world.main:
+            save_checkpoint(checkpoint_file, checkpoint_state(cfg, ex, epoch, progress))
         last_save, saved_epoch = time.monotonic(), (epoch if progress is None else None)
 
     with GracefulStop() as stop:
+        def stopping() -> bool:  # a signal reached any rank (the same answer everywhere)
+            return any_rank(world, stop.signal is not None)[0]
+
         for epoch in range(ex.start_epoch, cfg.epochs + 1):
             def after_step(progress, epoch=epoch):
                 """Mid-epoch checkpoint when a signal came or --checkpoint-minutes passed."""
-                due = cfg.checkpoint_minutes and time.monotonic() - last_save >= 60 * cfg.checkpoint_minutes
-                if stop.signal is None and not due:
+                due = bool(cfg.checkpoint_minutes) and time.monotonic() - last_save >= 60 * cfg.checkpoint_minutes
+                signalled, due = any_rank(world, stop.signal is not None, due)
+                if not signalled and not due:
                     return
                 if not all_finite([progress["loss_sum"], *ex.params]):
                     raise TrainingDiverged(f"the training loss or parameters are not finite in epoch {epoch}")
                 save(epoch - 1, {**progress, "epoch": epoch})
-                if stop.signal is not None:
-                    raise RunStopped(stop.signal, cfg.save_dir, f"in epoch {epoch} after batch {progress['step']}")
+                if signalled:
+                    raise RunStopped(stop.signal or signal.SIGTERM, cfg.save_dir,
+                                     f"in epoch {epoch} after batch {progress['step']}", world)
 
             enter_phase(cfg, ex, epoch)
             row = run_epoch(epoch, cfg, ex, after_step)
-            print(epoch_line(row, cfg.epochs), flush=True)
+            say(epoch_line(row, cfg.epochs), flush=True)
             if not np.isfinite(row["train_loss"]):
                 raise TrainingDiverged(f"the training loss is not finite at epoch {epoch}")
             ex.history.append(row)
-            write_history(os.path.join(cfg.save_dir, "history.csv"), ex.history)
-            if epoch % cfg.save_every == 0 or epoch == cfg.epochs or stop.signal is not None:
+            if world.main:
+                write_history(os.path.join(cfg.save_dir, "history.csv"), ex.history)
+            if epoch % cfg.save_every == 0 or epoch == cfg.epochs or stopping():
                 save(epoch)
-            write_json(os.path.join(cfg.save_dir, "summary.json"),
-                       summarize(ex.history, sum(p.numel() for p in ex.params), total, world_size=1,
-                                 gamma=gamma_stats(ex.model.state_dict())))
-            if stop.signal is not None and epoch < cfg.epochs:
+            if world.main:
+                write_json(os.path.join(cfg.save_dir, "summary.json"),
+                           summarize(ex.history, sum(p.numel() for p in ex.params), total, world_size=world.size,
+                                     gamma=gamma_stats(ex.model.state_dict())))
+            if epoch < cfg.epochs and stopping():
                 if saved_epoch != epoch:  # the signal came while this epoch's files were being written
                     save(epoch)
-                raise RunStopped(stop.signal, cfg.save_dir, f"after epoch {epoch}")
+                raise RunStopped(stop.signal or signal.SIGTERM, cfg.save_dir, f"after epoch {epoch}", world)
     return 0
 
 
@@ -309,7 +367,8 @@ def checkpoint_state(cfg: Config, ex: Experiment, epoch: int, progress=None) -> 
             "scheduler": ex.scheduler.state_dict() if ex.scheduler else None,
             "scaler": ex.scaler.state_dict() if ex.scaler is not None else None, "epoch": epoch,
             "rng": rng_state(ex.generator), "config": to_dict(cfg), "normalization": ex.normalization,
-            "history": ex.history, "num_classes": ex.num_classes, "progress": progress, "phase": ex.phase}
+            "history": ex.history, "num_classes": ex.num_classes, "progress": progress, "phase": ex.phase,
+            "world_size": ex.world.size}
 
 
 def restore(checkpoint: dict, model, optimizer, scheduler, scaler, generator) -> dict:
@@ -341,7 +400,7 @@ def scheduler_state(state: dict) -> dict:
     return {**{k: state[k] for k in keep if k in state}, "lr_lambdas": [None] * len(state["base_lrs"])}
 
 
-def prepare_save_dir(cfg: Config, compute: Compute, resuming: bool) -> None:
+def prepare_save_dir(cfg: Config, compute: Compute, resuming: bool, world: World = World()) -> None:
     """Make the run folder and write config.json; --overwrite first removes the old run's files."""
     os.makedirs(cfg.save_dir, exist_ok=True)
     for name in RUN_FILES:  # half-written files of a killed run (the complete versions were kept)
@@ -352,7 +411,8 @@ def prepare_save_dir(cfg: Config, compute: Compute, resuming: bool) -> None:
             if os.path.exists(os.path.join(cfg.save_dir, name)):
                 os.remove(os.path.join(cfg.save_dir, name))
     settings = to_dict(cfg)
-    settings.update(world_size=1, global_batch_size=cfg.batch_size, resolved_device=str(compute.device),
+    settings.update(world_size=world.size, global_batch_size=cfg.batch_size * world.size,
+                    resolved_device=str(compute.device),
                     resolved_precision=compute.precision,
                     versions={"torch": torch.__version__, "torchvision": _torchvision_version(),
                               "python": platform.python_version()})
