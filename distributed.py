@@ -31,6 +31,7 @@ class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    local_size: int = 1  # processes on this node
 
     @property
     def main(self) -> bool:
@@ -47,7 +48,8 @@ def world_from_env(environ=os.environ) -> World:
     size = int(environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return World()
-    return World(int(environ["RANK"]), size, int(environ.get("LOCAL_RANK", "0")))
+    return World(int(environ["RANK"]), size, int(environ.get("LOCAL_RANK", "0")),
+                 int(environ.get("LOCAL_WORLD_SIZE", str(size))))
 
 
 def start(world: World, device: torch.device, timeout_minutes: float = 30.0) -> None:
@@ -73,24 +75,42 @@ def shard(n: int, world: World) -> slice:
     return slice(start_at, start_at + base + (world.rank < extra))
 
 
+def collective_device() -> torch.device:
+    """Where the process group's tensors must live: this process's GPU for NCCL, the CPU for gloo."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
 def all_sum(world: World, *tensors: torch.Tensor) -> list:
-    """The sums over the ranks of same-shaped scalar tensors, in one collective (the values unchanged
-    in a single process); returned in their own dtypes, computed in float64."""
+    """The sums over the ranks of scalar tensors, in one collective (the values unchanged in a single
+    process); each returned in its own dtype and on its own device, computed in float64."""
     if not world.active:
         return list(tensors)
-    stacked = torch.stack([t.detach().double().reshape(()) for t in tensors])
+    stacked = torch.stack([t.detach().to(collective_device(), torch.float64).reshape(()) for t in tensors])
     dist.all_reduce(stacked)
-    return [value.to(t.dtype) for value, t in zip(stacked, tensors)]
+    return [value.to(t.device, t.dtype) for value, t in zip(stacked, tensors)]
 
 
 def any_rank(world: World, *flags: bool) -> list:
     """For each flag, whether it is set on any rank (one collective), so all ranks decide alike."""
     if not world.active:
         return [bool(f) for f in flags]
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-    values = torch.tensor([float(bool(f)) for f in flags], device=device)
+    values = torch.tensor([float(bool(f)) for f in flags], device=collective_device())
     dist.all_reduce(values, op=dist.ReduceOp.MAX)
     return [bool(v) for v in values.tolist()]
+
+
+def in_turn(world: World, action):
+    """Run `action` on rank 0 first, then on the first process of every other node, then on the rest, so
+    that a download or a cache is written once and then read (a no-op ordering in a single process)."""
+    if not world.active:
+        return action()
+    stage = 0 if world.rank == 0 else 1 if world.local_rank == 0 else 2
+    result = None
+    for turn in range(3):
+        if turn == stage:
+            result = action()
+        dist.barrier()
+    return result
 
 
 def broadcast_value(world: World, value):
@@ -144,16 +164,17 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
             return super().forward(x)
         dims = (0, 2, 3)
         x32 = x.float()
-        count = torch.tensor(float(x.numel() // x.shape[1]), dtype=torch.float64, device=x.device)
-        dist.all_reduce(count)
-        mean = _AllReduceSum.apply(x32.sum(dims)) / count.item()
+        count = x32.new_full((1,), float(x.numel() // x.shape[1]))
+        sums = _AllReduceSum.apply(torch.cat([x32.sum(dims), count]))  # the channel sums and the global count
+        count = sums[-1].detach()
+        mean = sums[:-1] / count
         centered = x32 - mean.view(1, -1, 1, 1)
-        var = _AllReduceSum.apply((centered * centered).sum(dims)) / count.item()
+        var = _AllReduceSum.apply((centered * centered).sum(dims)) / count
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked += 1
                 momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-                unbiased = var * (count.item() / max(count.item() - 1.0, 1.0))
+                unbiased = var * (count / (count - 1.0).clamp(min=1.0))
                 self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
                 self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
         out = centered * torch.rsqrt(var + self.eps).view(1, -1, 1, 1)

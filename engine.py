@@ -139,13 +139,13 @@ def l2_penalty(params: list, weight_decay: float):
 
 
 def lbfgs_step(model, optimizer, images, labels, weight_decay: float, compute: Compute, decayed=None,
-               chunk_size: int = 0, label_smoothing: float = 0.0, world: World = World(), share: float = 1.0) -> dict:
+               chunks: int = 1, label_smoothing: float = 0.0, world: World = World(), share: float = 1.0) -> dict:
     """One L-BFGS step on a fixed batch; BN running statistics move once, from the first forward pass.
 
     The loss is the batch's mean cross-entropy plus 0.5 * wd * |theta|^2 over `decayed` (default: every
-    trained parameter). With `chunk_size`, each evaluation runs the batch in chunks of that many images
-    and sums their gradients, so the batch may be larger than fits in memory at once; BatchNorm then
-    normalises each chunk with its own statistics. A pass is one evaluation of the whole batch.
+    trained parameter). With `chunks` > 1, each evaluation runs the batch in that many pieces and sums
+    their gradients, so the batch may be larger than fits in memory at once; BatchNorm then normalises
+    each piece with its own statistics. A pass is one evaluation of the whole batch.
     Under torchrun (`world`), `images` are this rank's part of the global batch and `share` its weight
     (see sgd_step); DDP averages the gradients and the loss the line search sees is the global batch's,
     so every rank takes the same step.
@@ -156,7 +156,7 @@ def lbfgs_step(model, optimizer, images, labels, weight_decay: float, compute: C
     params = optimizer.param_groups[0]["params"]
     decayed = params if decayed is None else decayed
     before = [p.detach().clone() for p in params], bn_buffers(model)
-    chunks = list(zip(images.split(chunk_size or len(labels)), labels.split(chunk_size or len(labels))))
+    pieces = list(zip(images.tensor_split(chunks), labels.tensor_split(chunks)))
     first = {}
     passes = 0
 
@@ -164,11 +164,13 @@ def lbfgs_step(model, optimizer, images, labels, weight_decay: float, compute: C
         nonlocal passes
         optimizer.zero_grad(set_to_none=True)
         cross_entropy, correct = 0.0, 0
-        for x, y in chunks:
-            with compute.autocast():
-                logits = model(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing) * (share * len(y) / len(labels))
-            loss.backward()
+        for number, (x, y) in enumerate(pieces):
+            sync = number == len(pieces) - 1 or not hasattr(model, "no_sync")  # DDP: all-reduce after the last
+            with contextlib.nullcontext() if sync else model.no_sync():
+                with compute.autocast():
+                    logits = model(x)
+                    loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing) * (share * len(y) / len(labels))
+                loss.backward()
             cross_entropy += loss.detach()
             correct += (logits.argmax(1) == y).sum()
         if world.active:  # the ranks' weighted terms add up to world.size x the global mean
@@ -214,6 +216,14 @@ def sgd_step(model, optimizer, images, labels, compute: Compute, scaler=None, la
             scaler.step(optimizer)
             scaler.update()
     return {"loss": loss.detach(), "correct": (logits.argmax(1) == labels).sum(), "passes": 1, "rolled_back": False}
+
+
+def lbfgs_chunks(batch: int, world: World, chunk_size: int) -> int:
+    """Into how many pieces each rank cuts its part of a `batch`-image L-BFGS batch: about `chunk_size`
+    images each, and the same number on every rank, whose collectives must pair up (1: no chunks)."""
+    if not chunk_size:
+        return 1
+    return max(1, math.ceil((batch // world.size) / chunk_size))
 
 
 MAX_ROLLBACKS = 5  # consecutive L-BFGS rollbacks after which training gives up
@@ -268,8 +278,9 @@ def train_one_epoch(model, optimizer, cfg, train_split, stats, generator, epoch:
         if lbfgs:
             if cfg.lbfgs_history_mode == "reset":  # each batch is a new problem: forget the curvature pairs
                 optimizer.state.clear()
-            result = lbfgs_step(model, optimizer, x, y, cfg.weight_decay, compute, decayed, cfg.lbfgs_chunk_size,
-                                cfg.label_smoothing, world, share)
+            result = lbfgs_step(model, optimizer, x, y, cfg.weight_decay, compute, decayed,
+                                lbfgs_chunks(len(index), world, cfg.lbfgs_chunk_size), cfg.label_smoothing, world,
+                                share)
         else:
             result = sgd_step(model, optimizer, x, y, compute, scaler, cfg.label_smoothing, share)
         progress["passes"] += result["passes"]
@@ -286,8 +297,8 @@ def train_one_epoch(model, optimizer, cfg, train_split, stats, generator, epoch:
             progress["images"] += len(y)
         progress["step"] = step + 1
         progress["seconds"] += time.perf_counter() - start
-        bar.update(len(y))
-        if cfg.print_freq and (step + 1) % cfg.print_freq == 0:
+        bar.update(len(index))  # the job's images (the bar is rank 0's)
+        if cfg.print_freq and (step + 1) % cfg.print_freq == 0 and world.main:
             bar.write(f"  epoch {epoch} batch {step + 1}: loss {result['loss'].item():.4f}")
         if after_step is not None:
             after_step(progress)

@@ -35,8 +35,15 @@ def resolve_device(name: str, world: World = World()) -> torch.device:
     """auto: cuda, then mps, then cpu; an accelerator that is not there is an error. Under torchrun,
     auto and cuda mean this process's GPU, cuda:LOCAL_RANK."""
     has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    if world.active and name in ("auto", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda", world.local_rank)
+    if world.active and torch.cuda.is_available() and name in ("auto", "cuda"):
+        count = torch.cuda.device_count()  # 1 when the launcher gives each process its own GPU
+        if count > 1 and world.local_rank >= count:
+            raise ConfigError(f"torchrun started {world.local_size} processes on this node but it has {count} "
+                              f"GPUs; use --nproc_per_node={count} or fewer")
+        return torch.device("cuda", world.local_rank if count > 1 else 0)
+    if world.active and (name.startswith("cuda:") or name == "mps" or (name == "auto" and has_mps)):
+        raise ConfigError(f"--device {name} under torchrun: use --device cuda (each process takes cuda:LOCAL_RANK) "
+                          f"or --device cpu")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
     if name.startswith("cuda"):
@@ -133,11 +140,14 @@ def main(argv=None) -> int:
         fail(f"{rank}interrupted; continue from the last saved checkpoint with --resume RUN_DIR", status=130)
 
 
+SYNC_EVERY = 10  # under torchrun, training steps between the ranks' checks for a signal or a due checkpoint
+
+
 class RunStopped(Exception):
     """SIGINT or SIGTERM stopped the run after a checkpoint was written."""
 
     def __init__(self, signum: int, save_dir: str, where: str, world: World = World()):
-        launcher = f"torchrun --nproc_per_node={world.size}" if world.active else "python"  # one node's count
+        launcher = f"torchrun --nproc_per_node={world.local_size}" if world.active else "python"
         super().__init__(f"stopped by {signal.Signals(signum).name} {where}; checkpoint saved; "
                          f"continue with: {launcher} train.py --resume {save_dir}")
         self.signal = signum
@@ -237,7 +247,7 @@ def build_experiment(cfg: Config, device: torch.device, checkpoint, world: World
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    dataset = load_dataset(cfg)
+    dataset = distributed.in_turn(world, lambda: load_dataset(cfg))  # one download / decode, then cache reads
     compute = Compute(device, resolve_precision(cfg.precision, device), cfg.channels_last)
     model = compute.place(build_model(cfg.arch, dataset.num_classes, cfg.width, cfg.bn_init))
     if cfg.sync_bn and world.active:
@@ -314,7 +324,8 @@ def train(cfg: Config, ex: Experiment, device: torch.device) -> int:
         nonlocal last_save, saved_epoch
         if progress is not None and world.active:  # within an epoch: the job's sums and one set of BN statistics
             loss_sum, correct, images = distributed.all_sum(
-                world, progress["loss_sum"], progress["correct"], torch.tensor(progress["images"]))
+                world, progress["loss_sum"], progress["correct"],
+                torch.tensor(progress["images"], device=progress["correct"].device))  # NCCL: on the GPU
             progress = {**progress, "loss_sum": loss_sum, "correct": correct, "images": int(images)}
             distributed.average_bn_statistics(ex.model, world)
         if world.main:
@@ -328,11 +339,13 @@ def train(cfg: Config, ex: Experiment, device: torch.device) -> int:
         for epoch in range(ex.start_epoch, cfg.epochs + 1):
             def after_step(progress, epoch=epoch):
                 """Mid-epoch checkpoint when a signal came or --checkpoint-minutes passed."""
+                if world.active and progress["step"] % SYNC_EVERY:
+                    return  # the ranks agree on saving or stopping every SYNC_EVERY steps
                 due = bool(cfg.checkpoint_minutes) and time.monotonic() - last_save >= 60 * cfg.checkpoint_minutes
                 signalled, due = any_rank(world, stop.signal is not None, due)
                 if not signalled and not due:
                     return
-                if not all_finite([progress["loss_sum"], *ex.params]):
+                if any_rank(world, not all_finite([progress["loss_sum"], *ex.params]))[0]:
                     raise TrainingDiverged(f"the training loss or parameters are not finite in epoch {epoch}")
                 save(epoch - 1, {**progress, "epoch": epoch})
                 if signalled:
@@ -411,7 +424,8 @@ def prepare_save_dir(cfg: Config, compute: Compute, resuming: bool, world: World
             if os.path.exists(os.path.join(cfg.save_dir, name)):
                 os.remove(os.path.join(cfg.save_dir, name))
     settings = to_dict(cfg)
-    settings.update(world_size=world.size, global_batch_size=cfg.batch_size * world.size,
+    batch = cfg.lbfgs_batch_size if cfg.optimizer == "lbfgs" else cfg.batch_size
+    settings.update(world_size=world.size, global_batch_size=batch * world.size,
                     resolved_device=str(compute.device),
                     resolved_precision=compute.precision,
                     versions={"torch": torch.__version__, "torchvision": _torchvision_version(),

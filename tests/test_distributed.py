@@ -55,7 +55,7 @@ def test_two_processes_write_one_run(tmp_path, optimizer):
     assert [r["epoch"] for r in rows] == ["1", "2"]  # one writer
     assert result.stdout.count("epoch    1/2") == 1  # one printer
     config = json.loads((folder / "config.json").read_text())
-    assert config["world_size"] == 2 and config["global_batch_size"] == 64
+    assert config["world_size"] == 2 and config["global_batch_size"] == {"sgd": 64, "lbfgs": 128}[optimizer]
     assert json.loads((folder / "summary.json").read_text())["world_size"] == 2
 
 
@@ -84,8 +84,9 @@ def test_resume_under_torchrun_continues_exactly_and_needs_the_same_world(tmp_pa
                           "2 process(es)", "torchrun")
 
 
-def _lockstep_worker(rank, size, init_file, out_dir, sync_bn):
-    """One rank: a BN-only L-BFGS epoch (and an evaluation) on the same tiny data as every rank."""
+def _lockstep_worker(rank, size, init_file, out_dir, sync_bn, chunk):
+    """One rank: a BN-only L-BFGS epoch (and an evaluation) on the same tiny data as every rank; 99 images
+    in global batches of 48 leave a last batch of 3, split 2 + 1."""
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=size)
     world = World(rank, size)
@@ -94,11 +95,11 @@ def _lockstep_worker(rank, size, init_file, out_dir, sync_bn):
     if sync_bn:
         convert_sync_batchnorm(model, torch.device("cpu"))
     cfg = parse_args(["--optimizer", "lbfgs", "-t", "bn", "--lbfgs-batch-size", "24", "--lbfgs-max-iter", "3",
-                      "--no-progress"])[0]
+                      "--lbfgs-chunk-size", str(chunk), "--no-progress"])[0]
     optimizer = build_optimizer(cfg, freeze(model, "bn"))
     generator = torch.Generator().manual_seed(1)
-    images = torch.randint(0, 256, (100, 3, 32, 32), dtype=torch.uint8, generator=generator)
-    labels = torch.randint(0, 10, (100,), generator=generator)
+    images = torch.randint(0, 256, (99, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, 10, (99,), generator=generator)
     stats = (torch.full((3, 1, 1), 128.0), torch.full((3, 1, 1), 64.0))
     cpu = Compute(torch.device("cpu"))
     result = train_one_epoch(wrap(model, world, torch.device("cpu")), optimizer, cfg, (images, labels), stats,
@@ -112,9 +113,9 @@ def _lockstep_worker(rank, size, init_file, out_dir, sync_bn):
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("sync_bn", [False, True])
-def test_lbfgs_ranks_take_identical_steps(tmp_path, sync_bn):
-    mp.spawn(_lockstep_worker, args=(2, str(tmp_path / "init"), str(tmp_path), sync_bn), nprocs=2, join=True)
+@pytest.mark.parametrize("sync_bn,chunk", [(False, 0), (True, 0), (True, 8)])
+def test_lbfgs_ranks_take_identical_steps(tmp_path, sync_bn, chunk):
+    mp.spawn(_lockstep_worker, args=(2, str(tmp_path / "init"), str(tmp_path), sync_bn, chunk), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     for a, b in zip(ranks[0]["params"], ranks[1]["params"], strict=True):
         assert torch.equal(a, b)  # bit-identical: every rank took the same L-BFGS steps

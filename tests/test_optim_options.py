@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from config import parse_args
-from engine import Compute, build_optimizer, lbfgs_step, sgd_step, train_one_epoch
+from engine import Compute, build_optimizer, lbfgs_chunks, lbfgs_step, sgd_step, train_one_epoch
 from resnet import build_model, freeze, select_parameters
 
 FP32 = Compute(torch.device("cpu"))
@@ -33,11 +33,11 @@ def test_chunked_lbfgs_step_equals_the_whole_batch_step():
     """With BN in eval mode (no batch statistics) chunks change nothing but the memory needed."""
     images, labels = batch(48)
     results = []
-    for chunk in (0, 16):
-        model, cfg, optimizer = lbfgs_model("--lbfgs-max-iter", "3", "--lbfgs-chunk-size", str(chunk))
+    for chunks in (1, 3):
+        model, cfg, optimizer = lbfgs_model("--lbfgs-max-iter", "3")
         start = [p.detach().clone() for p in optimizer.param_groups[0]["params"]]
         model.eval()
-        step = lbfgs_step(model, optimizer, images, labels, 1e-3, FP32, chunk_size=chunk)
+        step = lbfgs_step(model, optimizer, images, labels, 1e-3, FP32, chunks=chunks)
         results.append((step, [p.detach().clone() for p in optimizer.param_groups[0]["params"]]))
     (whole, whole_params), (chunked, chunked_params) = results
     assert whole["passes"] == chunked["passes"] > 1
@@ -50,12 +50,19 @@ def test_chunked_lbfgs_step_equals_the_whole_batch_step():
 
 def test_chunked_loss_is_the_batch_mean_in_train_mode():
     images, labels = batch(48)
-    model, cfg, optimizer = lbfgs_model("--lbfgs-max-iter", "1", "--lbfgs-chunk-size", "16")
+    model, cfg, optimizer = lbfgs_model("--lbfgs-max-iter", "1")
     with torch.no_grad():
         expected = sum(F.cross_entropy(model(images[i:i + 16]), labels[i:i + 16]) for i in (0, 16, 32)) / 3
-    model, cfg, optimizer = lbfgs_model("--lbfgs-max-iter", "1", "--lbfgs-chunk-size", "16")
-    assert float(lbfgs_step(model, optimizer, images, labels, 0.0, FP32, chunk_size=16)["loss"]) == pytest.approx(
+    model, cfg, optimizer = lbfgs_model("--lbfgs-max-iter", "1")
+    assert float(lbfgs_step(model, optimizer, images, labels, 0.0, FP32, chunks=3)["loss"]) == pytest.approx(
         float(expected), rel=1e-5)
+
+
+def test_chunk_counts_are_equal_on_every_rank():
+    from distributed import World
+    assert lbfgs_chunks(2048, World(), 0) == 1 and lbfgs_chunks(2048, World(), 512) == 4
+    assert lbfgs_chunks(2001, World(0, 2), 1000) == lbfgs_chunks(2001, World(1, 2), 1000) == 1  # shards 1001/1000
+    assert lbfgs_chunks(5, World(0, 4), 1) == 1  # never more pieces than the smallest shard has images
 
 
 def epoch_state(mode):
