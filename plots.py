@@ -267,11 +267,20 @@ def unique_prefixes(runs):
             for index, prefix in enumerate(prefixes)]
 
 
+def leading_settings(keys):
+    """`keys` without the settings that follow another one in `keys` (FOLLOWS): SGD against Adam is a
+    difference of optimizer, whatever their default learning rates."""
+    for leader, followers in FOLLOWS.items():
+        if leader in keys:
+            keys = [key for key in keys if key not in followers]
+    return keys
+
+
 def run_labels(runs, ignore=frozenset()):
     """Return a short legend label per run (or group): the differing settings, else the folder name."""
     if len(runs) < 2 or any(run["config"] is None for run in runs):
         return [run["name"] for run in runs]
-    keys = differing_settings([run["config"] for run in runs], ignore)
+    keys = leading_settings(differing_settings([run["config"] for run in runs], ignore))
     labels = [", ".join(f"{key}={display_value(key, run['config'].get(key))}" for key in keys)
               or run["name"] for run in runs]
     return [f"{label} ({run['name']})" if labels.count(label) > 1 else label
@@ -381,10 +390,7 @@ def comparison_key(runs, ignore=frozenset()):
     """
     if len(runs) < 2 or any(run["config"] is None for run in runs):
         return None
-    keys = differing_settings([run["config"] for run in runs], ignore)
-    for leader, followers in FOLLOWS.items():
-        if leader in keys:
-            keys = [key for key in keys if key not in followers]
+    keys = leading_settings(differing_settings([run["config"] for run in runs], ignore))
     if len(keys) != 1:
         return None
     values = [canonical(run["config"].get(keys[0])) for run in runs]

@@ -422,4 +422,5 @@ def test_settings_added_later_take_their_defaults_and_phases_compare_as_trainabl
     runs = [plots.read_run(str(folder)) for folder in (full, phased)]
     assert runs[1]["config"]["trainable"] == "bn:2,all:8"
     assert plots.comparison_key(runs) == "trainable"  # phases and their per-phase milestones follow it
+    assert plots.run_labels(runs) == ["trainable=all", "trainable=bn:2,all:8"]
     assert plots.plan_comparison_plots(runs, "trainable")[0]["filename"] == "all_vs_bn_2_all_8_loss.png"
