@@ -68,10 +68,8 @@ def build_optimizer(cfg, params: list, no_decay=()):
     if cfg.optimizer == "lbfgs":  # one parameter group: LBFGS allows no more
         return torch.optim.LBFGS(params, lr=cfg.lr, max_iter=cfg.lbfgs_max_iter, history_size=cfg.lbfgs_history,
                                  line_search_fn=None if cfg.lbfgs_line_search == "none" else cfg.lbfgs_line_search)
-    skip = {id(p) for p in no_decay}
-    groups = [{"params": [p for p in params if id(p) not in skip]},
-              {"params": [p for p in params if id(p) in skip], "weight_decay": 0.0}]
-    groups = [g for g in groups if g["params"]]
+    decayed, undecayed = split_decay(params, no_decay)
+    groups = [g for g in ({"params": decayed}, {"params": undecayed, "weight_decay": 0.0}) if g["params"]]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                nesterov=cfg.nesterov)
@@ -85,6 +83,12 @@ def build_optimizer(cfg, params: list, no_decay=()):
     if cfg.betas is not None:  # validate() allows it only for the Adam family
         options["betas"] = tuple(cfg.betas)
     return adaptive[cfg.optimizer](groups, **options)
+
+
+def split_decay(params: list, no_decay) -> tuple:
+    """(the parameters weight decay applies to, those in `no_decay`), each in the order of `params`."""
+    skip = {id(p) for p in no_decay}
+    return [p for p in params if id(p) not in skip], [p for p in params if id(p) in skip]
 
 
 def lr_factor(epoch: int, epochs: int, schedule: str, milestones, warmup: int = 0) -> float:
@@ -140,7 +144,7 @@ def l2_penalty(params: list, weight_decay: float):
 
 def lbfgs_step(model, optimizer, images, labels, weight_decay: float, compute: Compute, decayed=None,
                chunks: int = 1, label_smoothing: float = 0.0, world: World = World(), share: float = 1.0) -> dict:
-    """One L-BFGS step on a fixed batch; BN running statistics move once, from the first forward pass.
+    """One L-BFGS step on a fixed batch; BN running statistics move only in the first pass (once per piece).
 
     The loss is the batch's mean cross-entropy plus 0.5 * wd * |theta|^2 over `decayed` (default: every
     trained parameter). With `chunks` > 1, each evaluation runs the batch in that many pieces and sums
@@ -258,8 +262,7 @@ def train_one_epoch(model, optimizer, cfg, train_split, stats, generator, epoch:
     batches = progress["order"].split((cfg.lbfgs_batch_size if lbfgs else cfg.batch_size) * world.size)
     inject_nan = injected_nan_steps(epoch)
     if lbfgs:
-        skip = {id(p) for p in no_decay}
-        decayed = [p for p in optimizer.param_groups[0]["params"] if id(p) not in skip]
+        decayed = split_decay(optimizer.param_groups[0]["params"], no_decay)[0]
     model.train()
     bar = tqdm(total=len(labels), initial=progress["images"], unit="img", unit_scale=True, leave=False,
                desc=f"epoch {epoch}", disable=cfg.no_progress, dynamic_ncols=True)
@@ -303,12 +306,19 @@ def train_one_epoch(model, optimizer, cfg, train_split, stats, generator, epoch:
         if after_step is not None:
             after_step(progress)
     bar.close()
-    loss_sum, correct, images_seen = all_sum(world, progress["loss_sum"], progress["correct"],
-                                             torch.tensor(progress["images"], device=progress["correct"].device))
-    n = max(int(images_seen), 1)
+    loss_sum, correct, images_seen = job_sums(progress, world)
+    n = max(images_seen, 1)
     return {"loss": loss_sum.item() / n, "acc": 100.0 * correct.item() / n,
             "passes": progress["passes"], "rollbacks": progress["rollbacks"],
             "images_per_second": len(labels) / max(progress["seconds"], 1e-9)}
+
+
+def job_sums(progress: dict, world: World) -> tuple:
+    """(loss sum, correct count, images) of an epoch so far, over all ranks (this process's alone without
+    torchrun)."""
+    loss_sum, correct, images = all_sum(world, progress["loss_sum"], progress["correct"],
+                                        torch.tensor(progress["images"], device=progress["correct"].device))
+    return loss_sum, correct, int(images)
 
 
 def injected_nan_steps(epoch: int) -> set:

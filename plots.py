@@ -31,6 +31,7 @@ from `analysis.py`; only the `draw_*` functions touch matplotlib.
 """
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import functools
@@ -455,10 +456,22 @@ def draw_phases(ax, phases):
                 fontsize=8, color="0.25", ha="left", va="top")
 
 
+@contextlib.contextmanager
+def saved_figure(path, *grid, **options):
+    """plt.subplots(*grid, dpi=FIGURE_DPI, **options) -> (figure, axes); on leaving without an error the
+    figure is laid out and written to `path`; it is closed either way."""
+    fig, axes = plt.subplots(*grid, dpi=FIGURE_DPI, **options)
+    try:
+        yield fig, axes
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+
+
 def draw_plot(plot, path):
     """Draw one planned plot into the PNG file `path`; a curve with `std` gets a ±1 std band."""
-    fig, ax = plt.subplots(figsize=FIGURE_SIZE, dpi=FIGURE_DPI)
-    try:
+    with saved_figure(path, figsize=FIGURE_SIZE) as (fig, ax):
         for curve in plot["lines"]:
             ax.plot(curve["epochs"], curve["values"], color=curve["color"],
                     linestyle=curve["linestyle"], label=curve["label"], linewidth=1.8,
@@ -475,19 +488,13 @@ def draw_plot(plot, path):
         ax.grid(True, alpha=0.3)
         if plot["lines"]:
             ax.legend()
-        fig.tight_layout()
-        fig.savefig(path)
-    finally:
-        plt.close(fig)
 
 
 def draw_gamma(run, path):
     """Draw histograms of γ (top row) and β (bottom row), one column per stage, into `path`."""
     stats = run["gamma"]
     stages = list(stats["stages"])
-    fig, axes = plt.subplots(2, len(stages), figsize=(2.8 * len(stages) + 1, 5.5), dpi=FIGURE_DPI,
-                             squeeze=False)
-    try:
+    with saved_figure(path, 2, len(stages), figsize=(2.8 * len(stages) + 1, 5.5), squeeze=False) as (fig, axes):
         for column, stage in enumerate(stages):
             for row, (key, symbol) in enumerate((("gamma", "γ"), ("beta", "β"))):
                 ax = axes[row][column]
@@ -497,18 +504,13 @@ def draw_gamma(run, path):
         for ax in axes[:, 0]:
             ax.set_ylabel("channels")
         fig.suptitle(f"BatchNorm γ and β per stage ({shared_title([run]) or run['name']})")
-        fig.tight_layout()
-        fig.savefig(path)
-    finally:
-        plt.close(fig)
 
 
 def draw_disabled(run, path):
     """Draw the fraction of channels with |γ| < threshold per BN layer, in model order, into `path`."""
     stats = run["gamma"]
     layers = list(stats["layers"])
-    fig, ax = plt.subplots(figsize=(max(FIGURE_SIZE[0], 0.2 * len(layers) + 2), FIGURE_SIZE[1]), dpi=FIGURE_DPI)
-    try:
+    with saved_figure(path, figsize=(max(FIGURE_SIZE[0], 0.2 * len(layers) + 2), FIGURE_SIZE[1])) as (fig, ax):
         for index, stage in enumerate(stats["stages"]):
             positions = [i for i, layer in enumerate(layers) if analysis.stage_of(layer) == stage]
             ax.bar(positions, [stats["layers"][layers[i]] for i in positions], color=color_of(index), label=stage)
@@ -520,10 +522,6 @@ def draw_disabled(run, path):
                      f"have |γ| < {stats['threshold']:g}")
         ax.grid(True, axis="y", alpha=0.3)
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(path)
-    finally:
-        plt.close(fig)
 
 
 def drawings(runs, gamma=False):

@@ -24,7 +24,7 @@ from analysis import gamma_stats
 from distributed import World, any_rank, broadcast_value, world_from_env
 from config import FIELDS, RUNTIME_SETTINGS, Config, ConfigError, fail, parse_args, phase_at, resolve, to_dict
 from data import load_dataset
-from engine import (Compute, TrainingDiverged, all_finite, build_optimizer, build_scheduler, evaluate,
+from engine import (Compute, TrainingDiverged, all_finite, build_optimizer, build_scheduler, evaluate, job_sums,
                     recalibrate_bn, resolve_precision, train_one_epoch)
 from resnet import build_model, count_parameters, freeze, select_parameters
 from runfiles import (RUN_FILES, CheckpointError, check_save_dir, checkpoint_path, load_checkpoint, rng_state,
@@ -323,10 +323,8 @@ def train(cfg: Config, ex: Experiment, device: torch.device) -> int:
     def save(epoch: int, progress=None) -> None:
         nonlocal last_save, saved_epoch
         if progress is not None and world.active:  # within an epoch: the job's sums and one set of BN statistics
-            loss_sum, correct, images = distributed.all_sum(
-                world, progress["loss_sum"], progress["correct"],
-                torch.tensor(progress["images"], device=progress["correct"].device))  # NCCL: on the GPU
-            progress = {**progress, "loss_sum": loss_sum, "correct": correct, "images": int(images)}
+            loss_sum, correct, images = job_sums(progress, world)
+            progress = {**progress, "loss_sum": loss_sum, "correct": correct, "images": images}
             distributed.average_bn_statistics(ex.model, world)
         if world.main:
             save_checkpoint(checkpoint_file, checkpoint_state(cfg, ex, epoch, progress))

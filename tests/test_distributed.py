@@ -116,7 +116,7 @@ def _lockstep_worker(rank, size, init_file, out_dir, sync_bn, chunk):
 @pytest.mark.parametrize("sync_bn,chunk", [(False, 0), (True, 0), (True, 8)])
 def test_lbfgs_ranks_take_identical_steps(tmp_path, sync_bn, chunk):
     mp.spawn(_lockstep_worker, args=(2, str(tmp_path / "init"), str(tmp_path), sync_bn, chunk), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     for a, b in zip(ranks[0]["params"], ranks[1]["params"], strict=True):
         assert torch.equal(a, b)  # bit-identical: every rank took the same L-BFGS steps
     assert ranks[0]["train"]["passes"] == ranks[1]["train"]["passes"] > 5  # and the same line searches

@@ -18,35 +18,32 @@ def lrs(args, epochs=None):
     """The learning rate of every epoch, as the run would use it."""
     cfg = parse_args(args)[0]
     optimizer = build_optimizer(cfg, [torch.nn.Parameter(torch.zeros(1))])
-    scheduler = build_scheduler(cfg, optimizer, epochs)
+    return stepped_lrs(optimizer, build_scheduler(cfg, optimizer, epochs), epochs or cfg.epochs)
+
+
+def stepped_lrs(optimizer, scheduler, epochs):
+    """The optimizer's learning rate in each of `epochs` epochs, stepping the scheduler after each."""
     values = []
-    for _ in range(epochs or cfg.epochs):
+    for _ in range(epochs):
         values.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         scheduler.step()
     return values
 
 
+def reference_lrs(scheduler_class, epochs, **options):
+    """What a torch scheduler gives SGD at lr 0.1."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    return stepped_lrs(optimizer, scheduler_class(optimizer, **options), epochs)
+
+
 def test_multistep_matches_torch_multisteplr():
-    cfg = parse_args(["--epochs", "8", "--milestones", "3,6"])[0]
-    reference = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.MultiStepLR(reference, milestones=[3, 6], gamma=0.1)
-    expected = []
-    for _ in range(8):
-        expected.append(reference.param_groups[0]["lr"])
-        reference.step()
-        sched.step()
+    expected = reference_lrs(torch.optim.lr_scheduler.MultiStepLR, 8, milestones=[3, 6], gamma=0.1)
     assert lrs(["--epochs", "8", "--milestones", "3,6"]) == pytest.approx(expected, rel=1e-12)
 
 
 def test_cosine_matches_torch_cosineannealinglr():
-    reference = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(reference, T_max=7)
-    expected = []
-    for _ in range(7):
-        expected.append(reference.param_groups[0]["lr"])
-        reference.step()
-        sched.step()
+    expected = reference_lrs(torch.optim.lr_scheduler.CosineAnnealingLR, 7, T_max=7)
     assert lrs(["--epochs", "7", "--schedule", "cosine"]) == pytest.approx(expected, rel=1e-9)
 
 
