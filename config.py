@@ -129,7 +129,8 @@ class Config:
     epochs: int = field(default=160, metadata=_flag("number of epochs"))
     batch_size: int = field(default=128, metadata=_flag("SGD mini-batch size (images)", "-b"))
     lr: Optional[float] = field(default=None, metadata=_flag(
-        "learning rate; for L-BFGS the initial step (default 0.1 for SGD, 1.0 for L-BFGS)"))
+        "learning rate; for L-BFGS the initial step (default per optimizer: " +
+        ", ".join(f"{name} {lr:g}" for name, lr in DEFAULT_LR.items()) + ")"))
     momentum: float = field(default=0.9, metadata=_flag("SGD momentum"))
     nesterov: bool = field(default=False, metadata=_flag("SGD: Nesterov momentum", type=str2bool, metavar="BOOL"))
     betas: Optional[list] = field(default=None, metadata=_flag(

@@ -53,7 +53,7 @@ from config import Config  # noqa: E402  (the settings' defaults)
 BOOKKEEPING_KEYS = frozenset({
     "save_dir", "resume", "evaluate", "save_every", "print_freq", "no_progress", "overwrite",
     "workers", "cache_dir", "data_dir", "download", "config", "versions", "device",
-    "world_size", "use_lbfgs", "resolved_device", "global_batch_size",
+    "use_lbfgs", "resolved_device", "global_batch_size",
 })
 # Settings in which runs may differ and still be repeats of one experiment (a seed group).
 # `checkpoint_minutes` is already bookkeeping (see `settings`); named here for the reader.
@@ -175,6 +175,7 @@ def with_defaults(config):
     its phases as its `trainable` value, e.g. 'bn:5,all:155'."""
     config = {**{k: v for k, v in SETTING_DEFAULTS.items() if k not in config}, **config}
     config.setdefault("resolved_precision", "fp32")  # runs from before --precision were fp32
+    config.setdefault("world_size", 1)  # runs from before torchrun support had one process
     if config.get("phases"):
         config["trainable"] = ",".join(f"{mode}:{epochs}" for mode, epochs in config["phases"])
     return config

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from config import parse_args
 from engine import Compute, build_optimizer, lbfgs_chunks, lbfgs_step, sgd_step, train_one_epoch
 from resnet import build_model, freeze, select_parameters
+from train import setup_phase
 
 FP32 = Compute(torch.device("cpu"))
 
@@ -27,6 +28,26 @@ def lbfgs_model(*flags, seed=0):
 def test_line_search_flag_reaches_lbfgs():
     assert lbfgs_model()[2].param_groups[0]["line_search_fn"] == "strong_wolfe"
     assert lbfgs_model("--lbfgs-line-search", "none")[2].param_groups[0]["line_search_fn"] is None
+
+
+def test_without_line_search_lbfgs_takes_max_iter_passes_and_a_short_first_step():
+    """No line search: one pass per iteration, and from an empty memory torch's step along -g is
+    min(1, 1/|g|_1) * lr (the README says so)."""
+    images, labels = batch(32)
+    model, cfg, optimizer = lbfgs_model("--lbfgs-line-search", "none", "--lbfgs-max-iter", "1", "--lr", "0.5")
+    model.eval()
+    params = optimizer.param_groups[0]["params"]
+    start = [p.detach().clone() for p in params]
+    grads = torch.autograd.grad(F.cross_entropy(model(images), labels), params)
+    g_norm1 = sum(g.abs().sum() for g in grads)
+    step = lbfgs_step(model, optimizer, images, labels, 0.0, FP32)
+    assert step["passes"] == 1
+    factor = min(1.0, 1.0 / float(g_norm1)) * 0.5
+    for p, p0, g in zip(params, start, grads):
+        torch.testing.assert_close(p.detach(), p0 - factor * g, rtol=1e-4, atol=1e-6)
+    model, cfg, optimizer = lbfgs_model("--lbfgs-line-search", "none", "--lbfgs-max-iter", "4")
+    model.eval()
+    assert lbfgs_step(model, optimizer, images, labels, 0.0, FP32)["passes"] == 4
 
 
 def test_chunked_lbfgs_step_equals_the_whole_batch_step():
@@ -96,6 +117,22 @@ def test_bn_weight_decay_switch():
     assert [g["weight_decay"] for g in adamw.param_groups] == [1e-4, 0.0]
 
 
+def test_bn_weight_decay_flag_sets_the_optimizer_groups_of_a_run():
+    """train.setup_phase turns --bn-weight-decay false into an undecayed group of exactly BN's parameters."""
+    for mode in ("all", "bn"):
+        model = build_model("resnet20")
+        bn = {id(p) for p in select_parameters(model, "bn")}
+        params, no_decay, optimizer, _ = setup_phase(parse_args(["-t", mode])[0], model, mode, 2)
+        assert no_decay == [] and [g["weight_decay"] for g in optimizer.param_groups] == [1e-4]
+        params, no_decay, optimizer, _ = setup_phase(parse_args(["-t", mode, "--bn-weight-decay", "false"])[0],
+                                                     model, mode, 2)
+        assert {id(p) for p in no_decay} == bn
+        assert optimizer.param_groups[-1]["weight_decay"] == 0.0
+        assert {id(p) for p in optimizer.param_groups[-1]["params"]} == bn
+        assert {id(p) for g in optimizer.param_groups for p in g["params"]} == {id(p) for p in params}
+    assert len(optimizer.param_groups) == 1  # -t bn without BN decay: one group, undecayed
+
+
 def test_bn_parameters_without_decay_do_not_shrink():
     """A zero learning signal (lr on a frozen loss) leaves only decay: the BN parameters must not move."""
     model = build_model("resnet20")
@@ -133,6 +170,12 @@ def test_label_smoothing_changes_the_training_loss_only():
     with torch.no_grad():
         expected = F.cross_entropy(model(images), labels, label_smoothing=0.1)
     assert float(smooth) == pytest.approx(float(expected)) and float(smooth) != pytest.approx(float(plain))
+    model, cfg, optimizer = lbfgs_model("--lbfgs-max-iter", "1")
+    model.eval()
+    with torch.no_grad():
+        expected = F.cross_entropy(model(images), labels, label_smoothing=0.1)
+    assert float(lbfgs_step(model, optimizer, images, labels, 0.0, FP32, label_smoothing=0.1)["loss"]) == \
+        pytest.approx(float(expected), rel=1e-5)
     for bad in ("1", "-0.1", "nan"):
         with pytest.raises(Exception, match="label-smoothing"):
             parse_args(["--label-smoothing", bad])

@@ -417,6 +417,13 @@ def test_settings_added_later_take_their_defaults_and_phases_compare_as_trainabl
                    resolved_precision="fp32", lbfgs_line_search="strong_wolfe")
     configs = [plots.read_folder(str(folder))["config"] for folder in (old, new)]
     assert plots.differing_settings(configs) == []
+    # The process count is a setting (with per-process BN and batch it changes the experiment):
+    # 2 processes are not a seed of 1, and a run from before torchrun counts as 1 process.
+    two = make_run(tmp_path, "two", seed=1, world_size=2, device="cuda", save_dir="runs/two")
+    one = make_run(tmp_path, "one", world_size=1)
+    runs = [plots.read_run(str(folder)) for folder in (old, one, two)]
+    assert [len(group["runs"]) for group in plots.group_runs(runs)] == [2, 1]
+    assert plots.differing_settings([run["config"] for run in runs], plots.SEED_KEYS) == ["world_size"]
     full = make_run(tmp_path, "full", trainable="all")
     phased = make_run(tmp_path, "phased", trainable="bn", milestones=None, phases=[["bn", 2], ["all", 8]])
     runs = [plots.read_run(str(folder)) for folder in (full, phased)]
