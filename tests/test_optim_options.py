@@ -1,10 +1,13 @@
 """Optimizer options: L-BFGS line search, history mode and chunked batches; weight decay on BatchNorm;
 label smoothing."""
 
+import inspect
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+import engine
 from config import parse_args
 from engine import Compute, build_optimizer, lbfgs_chunks, lbfgs_step, sgd_step, train_one_epoch
 from resnet import build_model, freeze, select_parameters
@@ -127,10 +130,32 @@ def test_bn_weight_decay_flag_sets_the_optimizer_groups_of_a_run():
         params, no_decay, optimizer, _ = setup_phase(parse_args(["-t", mode, "--bn-weight-decay", "false"])[0],
                                                      model, mode, 2)
         assert {id(p) for p in no_decay} == bn
-        assert optimizer.param_groups[-1]["weight_decay"] == 0.0
+        assert [g["weight_decay"] for g in optimizer.param_groups] == ([1e-4, 0.0] if mode == "all" else [0.0])
         assert {id(p) for p in optimizer.param_groups[-1]["params"]} == bn
         assert {id(p) for g in optimizer.param_groups for p in g["params"]} == {id(p) for p in params}
-    assert len(optimizer.param_groups) == 1  # -t bn without BN decay: one group, undecayed
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "lbfgs"])
+def test_the_epoch_loop_passes_label_smoothing_to_the_step(monkeypatch, optimizer):
+    """--label-smoothing reaches the step function that train_one_epoch calls, for SGD and L-BFGS."""
+    seen = []
+    step_name = f"{optimizer}_step"
+    real = getattr(engine, step_name)
+
+    def spy(*args, **kwargs):
+        seen.append(inspect.signature(real).bind(*args, **kwargs).arguments.get("label_smoothing"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, step_name, spy)
+    torch.manual_seed(0)
+    model = build_model("resnet20")
+    cfg = parse_args(["--optimizer", optimizer, "-t", "bn", "--label-smoothing", "0.2", "-b", "16",
+                      "--lbfgs-batch-size", "16", "--lbfgs-max-iter", "1"])[0]
+    optimizer = build_optimizer(cfg, freeze(model, "bn"))
+    images, labels = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 10, (32,))
+    stats = (torch.full((3, 1, 1), 128.0), torch.full((3, 1, 1), 64.0))
+    train_one_epoch(model, optimizer, cfg, (images, labels), stats, torch.Generator().manual_seed(0), 1, FP32)
+    assert seen == [0.2, 0.2]
 
 
 def test_bn_parameters_without_decay_do_not_shrink():
