@@ -89,14 +89,19 @@ def test_chunk_counts_are_equal_on_every_rank():
     assert lbfgs_chunks(5, World(0, 4), 1) == 1  # never more pieces than the smallest shard has images
 
 
+def run_epoch(model, optimizer, cfg, n):
+    """One train_one_epoch over `n` random uint8 images (epoch 1, seed 0) on the CPU in fp32."""
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (n,))
+    stats = (torch.full((3, 1, 1), 128.0), torch.full((3, 1, 1), 64.0))
+    return train_one_epoch(model, optimizer, cfg, (images, labels), stats, torch.Generator().manual_seed(0), 1, FP32)
+
+
 def epoch_state(mode):
     """L-BFGS iterations remembered after an epoch of 4 batches with the given history mode."""
     model, cfg, optimizer = lbfgs_model("--lbfgs-max-iter", "2", "--lbfgs-batch-size", "16",
                                         "--lbfgs-history-mode", mode, "--no-progress")
-    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
-    labels = torch.randint(0, 10, (64,))
-    stats = (torch.full((3, 1, 1), 128.0), torch.full((3, 1, 1), 64.0))
-    train_one_epoch(model, optimizer, cfg, (images, labels), stats, torch.Generator().manual_seed(0), 1, FP32)
+    run_epoch(model, optimizer, cfg, 64)
     return optimizer.state[optimizer.param_groups[0]["params"][0]]
 
 
@@ -151,10 +156,7 @@ def test_the_epoch_loop_passes_label_smoothing_to_the_step(monkeypatch, optimize
     model = build_model("resnet20")
     cfg = parse_args(["--optimizer", optimizer, "-t", "bn", "--label-smoothing", "0.2", "-b", "16",
                       "--lbfgs-batch-size", "16", "--lbfgs-max-iter", "1"])[0]
-    optimizer = build_optimizer(cfg, freeze(model, "bn"))
-    images, labels = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 10, (32,))
-    stats = (torch.full((3, 1, 1), 128.0), torch.full((3, 1, 1), 64.0))
-    train_one_epoch(model, optimizer, cfg, (images, labels), stats, torch.Generator().manual_seed(0), 1, FP32)
+    run_epoch(model, build_optimizer(cfg, freeze(model, "bn")), cfg, 32)
     assert seen == [0.2, 0.2]
 
 
