@@ -2,6 +2,7 @@
 
     python bench.py --data-dir /tmp/cifar10-jpeg              # everything (about 20 minutes on 2 CPU cores)
     python bench.py --data-dir /tmp/cifar10-jpeg --quick      # a 10,000-image subset, for a first look
+    python bench.py --data-dir /tmp/cifar10-jpeg --device cuda --lbfgs-train-size 0   # on a GPU, no L-BFGS part
 
 DATA_DIR holds train/<class>/*.jpg (e.g. the JPEG CIFAR-10 of ../shared/data). Measured:
 - the matmul peak (fp32 and bf16) and the FLOPs of one training step, so throughput reads as % of the peak;
@@ -35,22 +36,31 @@ VAL_SPLIT = 5000
 
 # ---------------------------------------------------------------- in-process measurements
 
-def best_rate(fn, items: int, repeats: int = 3, calls: int = 10) -> float:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (GPU work is asynchronous; the CPU's is done when the call returns)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def best_rate(fn, items: int, repeats: int = 3, calls: int = 10, device: torch.device = torch.device("cpu")) -> float:
     """Highest items/second over `repeats` timings of `calls` calls (after one warm-up call)."""
     fn()
+    synchronize(device)
     best = 0.0
     for _ in range(repeats):
         start = time.perf_counter()
         for _ in range(calls):
             fn()
+        synchronize(device)
         best = max(best, items * calls / (time.perf_counter() - start))
     return best
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048) -> float:
-    """GFLOP/s of an n x n matmul."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    return best_rate(lambda: torch.mm(a, b), 2 * n ** 3, repeats=5, calls=3) / 1e9
+def matmul_peak(dtype: torch.dtype, device: torch.device) -> float:
+    """GFLOP/s of an n x n matmul: n = 2048 on the CPU, 8192 on a GPU (where 2048 is too small to fill it)."""
+    n = 8192 if device.type == "cuda" else 2048
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    return best_rate(lambda: torch.mm(a, b), 2 * n ** 3, repeats=5, calls=3, device=device) / 1e9
 
 
 def make_step(trainable: str, compute: Compute):
@@ -58,9 +68,9 @@ def make_step(trainable: str, compute: Compute):
     torch.manual_seed(0)
     model = compute.place(build_model("resnet32")).train()
     optimizer = torch.optim.SGD(freeze(model, trainable), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    x = torch.randn(BATCH, 3, 32, 32)
+    x = torch.randn(BATCH, 3, 32, 32, device=compute.device)
     x = x.contiguous(memory_format=torch.channels_last) if compute.channels_last else x
-    y = torch.randint(0, 10, (BATCH,))
+    y = torch.randint(0, 10, (BATCH,), device=compute.device)
     return lambda: sgd_step(model, optimizer, x, y, compute)
 
 
@@ -76,32 +86,40 @@ def step_flops(trainable: str) -> float:
 def data_path_ms(compute: Compute, batches: int = 100) -> float:
     """Milliseconds per batch of train.py's data path: gather, crop/flip, normalise, layout."""
     from data import augment, epoch_order
-    images = torch.randint(0, 256, (45000, 3, 32, 32), dtype=torch.uint8)
-    stats = (torch.full((3, 1, 1), 0.5), torch.full((3, 1, 1), 0.25))
-    generator = torch.Generator().manual_seed(0)
+    device = compute.device
+    images = torch.randint(0, 256, (45000, 3, 32, 32), dtype=torch.uint8, device=device)
+    stats = (torch.full((3, 1, 1), 0.5, device=device), torch.full((3, 1, 1), 0.25, device=device))
+    generator = torch.Generator(device=device).manual_seed(0)
     order = epoch_order(len(images), generator).split(BATCH)[:batches]
+    compute.inputs(augment(images[order[0]], generator), stats)  # warm-up (GPU kernels load on first use)
+    synchronize(device)
     start = time.perf_counter()
     for index in order:
         compute.inputs(augment(images[index], generator), stats)
+    synchronize(device)
     return 1000 * (time.perf_counter() - start) / len(order)
 
 
 def eval_seconds(compute: Compute, n: int = 10000) -> float:
     """Seconds to evaluate n images the way train.py does (uint8 tensors in memory)."""
     from engine import evaluate
+    device = compute.device
     model = compute.place(build_model("resnet32"))
-    split = (torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 10, (n,)))
-    stats = (torch.full((3, 1, 1), 0.5), torch.full((3, 1, 1), 0.25))
+    split = (torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, device=device),
+             torch.randint(0, 10, (n,), device=device))
+    stats = (torch.full((3, 1, 1), 0.5, device=device), torch.full((3, 1, 1), 0.25, device=device))
     evaluate(model, (split[0][:1024], split[1][:1024]), stats, compute)  # warm-up
     start = time.perf_counter()
     evaluate(model, split, stats, compute)
-    return time.perf_counter() - start
+    return time.perf_counter() - start  # evaluate() reads its sums back, so the device has finished
 
 
 # ---------------------------------------------------------------- the classic recipe (run in its own process)
 
-def classic_run(data_dir: str, trainable: str, train_size) -> dict:
-    """torchvision ImageFolder + PIL transforms + DataLoader(2 workers) + eager fp32 NCHW; one epoch + val."""
+def classic_run(data_dir: str, trainable: str, train_size, device: torch.device) -> dict:
+    """torchvision ImageFolder + PIL transforms + DataLoader(2 workers) + eager fp32 NCHW; one epoch + val.
+    On a GPU the loader pins its batches and each is copied over as it comes (pytorch/examples' ImageNet
+    recipe)."""
     import torchvision
     import torchvision.transforms as T
     from torch.utils.data import DataLoader, Subset
@@ -115,24 +133,29 @@ def classic_run(data_dir: str, trainable: str, train_size) -> dict:
     train_index, val_index = stratified_split(torch.tensor(train_set.targets), VAL_SPLIT, 0)
     train_index = train_index[torch.randperm(len(train_index), generator=torch.Generator().manual_seed(0))]
     train_index = train_index[:train_size] if train_size else train_index
-    train_loader = DataLoader(Subset(train_set, train_index.tolist()), batch_size=BATCH, shuffle=True, num_workers=2)
-    val_loader = DataLoader(Subset(eval_set, val_index.tolist()), batch_size=BATCH, num_workers=2)
+    pin = device.type == "cuda"
+    train_loader = DataLoader(Subset(train_set, train_index.tolist()), batch_size=BATCH, shuffle=True, num_workers=2,
+                              pin_memory=pin)
+    val_loader = DataLoader(Subset(eval_set, val_index.tolist()), batch_size=BATCH, num_workers=2, pin_memory=pin)
     torch.manual_seed(0)
-    model = build_model("resnet32")
+    model = build_model("resnet32").to(device)
     optimizer = torch.optim.SGD(freeze(model, trainable), lr=0.1, momentum=0.9, weight_decay=1e-4)
     train_start = time.perf_counter()
     model.train()
     for x, y in train_loader:
+        x, y = x.to(device, non_blocking=pin), y.to(device, non_blocking=pin)
         loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+    synchronize(device)
     train_seconds = time.perf_counter() - train_start
     eval_start = time.perf_counter()
     model.eval()
     correct = 0
     with torch.no_grad():
         for x, y in val_loader:
+            x, y = x.to(device, non_blocking=pin), y.to(device, non_blocking=pin)
             correct += (model(x).argmax(1) == y).sum().item()
     return {"images": len(train_index), "train_seconds": train_seconds,
             "eval_seconds": time.perf_counter() - eval_start, "val_acc": 100 * correct / len(val_index)}
@@ -172,20 +195,21 @@ def run_measured(args: list) -> tuple:
     return wall, rss, stdout
 
 
-def classic_whole_run(data_dir: str, trainable: str, train_size) -> dict:
+def classic_whole_run(data_dir: str, trainable: str, train_size, device: torch.device) -> dict:
     wall, rss, out = run_measured([sys.executable, __file__, "--classic", trainable, "--data-dir", data_dir,
-                                   *(["--train-size", str(train_size)] if train_size else [])])
+                                   "--device", str(device), *(["--train-size", str(train_size)] if train_size else [])])
     result = json.loads(out.strip().splitlines()[-1])
     return {**result, "wall": wall, "rss_mib": rss,
             "startup_seconds": wall - result["train_seconds"] - result["eval_seconds"]}
 
 
-def project_whole_run(data_dir: str, trainable: str, train_size, extra: list) -> dict:
+def project_whole_run(data_dir: str, trainable: str, train_size, extra: list, device: torch.device) -> dict:
     """One epoch of train.py (validation split evaluated) in a fresh process."""
     with tempfile.TemporaryDirectory() as folder:
         args = [sys.executable, os.path.join(REPO, "train.py"), "--dataset", "imagefolder", "--data-dir", data_dir,
                 "--val-split", str(VAL_SPLIT), "-t", trainable, "--epochs", "1", "--no-progress",
-                "--save-dir", os.path.join(folder, "run"), *(["--train-size", str(train_size)] if train_size else []),
+                "--device", str(device), "--save-dir", os.path.join(folder, "run"),
+                *(["--train-size", str(train_size)] if train_size else []),
                 *extra]
         wall, rss, _ = run_measured(args)
         with open(os.path.join(folder, "run", "history.csv")) as fh:
@@ -199,7 +223,7 @@ def project_whole_run(data_dir: str, trainable: str, train_size, extra: list) ->
             "val_acc": float(history["val_acc"])}
 
 
-def startup_parts(data_dir: str) -> dict:
+def startup_parts(data_dir: str, device: torch.device) -> dict:
     """Seconds of each start-up stage: imports (fresh process), cached image load, model build."""
     code = "import time; t = time.perf_counter(); import train; print(time.perf_counter() - t)"
     _, _, out = run_measured([sys.executable, "-c", code])
@@ -210,20 +234,22 @@ def startup_parts(data_dir: str) -> dict:
     start = time.perf_counter()
     load_dataset(cfg)
     loaded = time.perf_counter()
-    Compute(torch.device("cpu"), channels_last=True).place(build_model("resnet32"))
+    Compute(device, channels_last=True).place(build_model("resnet32"))
+    synchronize(device)
     return {"import": float(out), "cache_load": loaded - start, "model_build": time.perf_counter() - loaded}
 
 
 # ---------------------------------------------------------------- report
 
-def machine() -> str:
+def machine(device: torch.device) -> str:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as fh:
             cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+    gpu = f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda}), " if device.type == "cuda" else ""
+    return (f"{gpu}{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
             f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}")
 
 
@@ -232,11 +258,28 @@ def table(header: list, rows: list) -> str:
     return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
+def bench_device(name: str):
+    """The torch device to benchmark on, or None after a one-line error when it is not here."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        print(f"bench.py: error: --device must be cpu, cuda or cuda:N, got {name!r}", file=sys.stderr)
+        return None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print(f"bench.py: error: --device {name}: CUDA is not available on this machine", file=sys.stderr)
+        return None
+    return device
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True, help="folder with train/<class>/*.jpg")
     parser.add_argument("--quick", action="store_true", help="whole runs on 10,000 training images")
-    parser.add_argument("--lbfgs-train-size", type=int, default=10000, help="images per L-BFGS/SGD epoch")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
+    parser.add_argument("--lbfgs-train-size", type=int, default=10000,
+                        help="images per L-BFGS/SGD epoch; 0 leaves that comparison out")
     parser.add_argument("--classic", choices=("bn", "all"), help=argparse.SUPPRESS)  # the child process
     parser.add_argument("--train-size", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -244,22 +287,25 @@ def main(argv=None) -> int:
         print(f"bench.py: error: no train/ folder in {args.data_dir}; point --data-dir at an ImageFolder root",
               file=sys.stderr)
         return 2
+    device = bench_device(args.device)
+    if device is None:
+        return 2
     if args.classic:
-        print(json.dumps(classic_run(args.data_dir, args.classic, args.train_size)))
+        print(json.dumps(classic_run(args.data_dir, args.classic, args.train_size, device)))
         return 0
     train_size = 10000 if args.quick else None
-    default = Compute(torch.device("cpu"), resolve_precision("auto", torch.device("cpu")), channels_last=True)
-    steps = {"classic": Compute(torch.device("cpu")), "default": default,
-             "bf16": Compute(torch.device("cpu"), "bf16", channels_last=True)}
-    print(f"machine: {machine()}\ndefault precision here: {default.precision}, channels-last\n", flush=True)
+    default = Compute(device, resolve_precision("auto", device), channels_last=True)
+    steps = {"classic": Compute(device), "default": default, "bf16": Compute(device, "bf16", channels_last=True)}
+    print(f"machine: {machine(device)}\ndefault precision on {device.type}: {default.precision}, channels-last\n",
+          flush=True)
 
-    peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    peak = {"fp32": matmul_peak(torch.float32, device), "bf16": matmul_peak(torch.bfloat16, device)}
     flops = {t: step_flops(t) for t in ("bn", "all")}
-    bare = {(t, name): best_rate(make_step(t, compute), BATCH)
+    bare = {(t, name): best_rate(make_step(t, compute), BATCH, device=device)
             for t in ("bn", "all") for name, compute in steps.items()}
     data_ms = {name: data_path_ms(steps[name]) for name in ("default", "bf16")}
     eval_10k = {name: eval_seconds(steps[name]) for name in ("default", "bf16")}
-    startup = startup_parts(args.data_dir)
+    startup = startup_parts(args.data_dir, device)
     print(f"matmul peak: {peak['fp32']:.0f} GFLOP/s fp32, {peak['bf16']:.0f} GFLOP/s bf16")
     print(f"step FLOPs per image: BN-only {flops['bn'] / 1e6:.0f} M, full {flops['all'] / 1e6:.0f} M")
     print(f"start-up: imports {startup['import']:.2f} s, cached image load {startup['cache_load']:.2f} s, "
@@ -268,11 +314,11 @@ def main(argv=None) -> int:
     rows = []
     for t in ("bn", "all"):
         whole = [("classic recipe (ImageFolder, PIL, DataLoader x2, fp32 NCHW)", "fp32",
-                  classic_whole_run(args.data_dir, t, train_size)),
+                  classic_whole_run(args.data_dir, t, train_size, device)),
                  (f"train.py (default: {default.precision}, channels-last)", default.precision,
-                  project_whole_run(args.data_dir, t, train_size, [])),
+                  project_whole_run(args.data_dir, t, train_size, [], device)),
                  ("train.py --precision bf16", "bf16",
-                  project_whole_run(args.data_dir, t, train_size, ["--precision", "bf16"]))]
+                  project_whole_run(args.data_dir, t, train_size, ["--precision", "bf16"], device))]
         base = None
         for name, precision, r in whole:
             rate = r["images"] / r["wall"]
@@ -301,9 +347,11 @@ def main(argv=None) -> int:
               f"10,000 images {eval_10k[name]:.2f} s = {100 * eval_10k[name] / epoch_50k:.1f} % of a 50,000-image "
               f"BN-only epoch at the bare-step rate ({epoch_50k:.0f} s)")
 
+    if not args.lbfgs_train_size:
+        return 0
     lbfgs_rows = []
     for optimizer in ("sgd", "lbfgs"):
-        r = project_whole_run(args.data_dir, "bn", args.lbfgs_train_size, ["--optimizer", optimizer])
+        r = project_whole_run(args.data_dir, "bn", args.lbfgs_train_size, ["--optimizer", optimizer], device)
         lbfgs_rows.append([optimizer, f"{r['train_seconds']:.0f}", r["passes"], f"{r['eval_seconds']:.1f}",
                            f"{r['val_acc']:.2f}"])
     print(f"\n## L-BFGS against SGD: one BN-only epoch of {args.lbfgs_train_size:,} images (defaults)\n")
