@@ -20,6 +20,7 @@ PHASE_MODES = ("all", "bn", "bn+fc", "fc", "none")  # random draws its entries o
 BN_INITS = ("uniform", "ones", "normal", "signed")
 OPTIMIZERS = ("sgd", "lbfgs", "adam", "adamw", "rmsprop", "adagrad", "nadam", "radam")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 # used when --lr is not given: the classic CIFAR ResNet value for SGD, torch.optim's defaults otherwise
 DEFAULT_LR = {"sgd": 0.1, "lbfgs": 1.0, "adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-2, "adagrad": 1e-2,
               "nadam": 2e-3, "radam": 1e-3}
@@ -206,6 +207,9 @@ class Config:
     compile: bool = field(default=False, metadata=_flag(
         "torch.compile the model (slower on the CPU, where it is off by default: see BENCHMARKS.md)",
         type=str2bool, metavar="BOOL"))
+    compile_mode: str = field(default="default", metadata=_flag(
+        "with --compile true: torch.compile's mode; reduce-overhead replays the step's kernels as CUDA graphs, "
+        "the lever for the launch-bound GPU step (not measured yet: BENCHMARKS.md)", choices=COMPILE_MODES))
     # run folder
     save_dir: Optional[str] = field(default=None, metadata=_flag(
         "run folder (default runs/<arch>_<optimizer>_<trainable>_<timestamp>)"))
@@ -393,6 +397,8 @@ def validate(cfg: Config) -> None:
                 f"--milestones must be increasing epochs >= 1, got {cfg.milestones}")
     require(not (cfg.precision == "fp16" and cfg.optimizer == "lbfgs"),
             "--precision fp16 needs loss scaling, which L-BFGS's line search cannot use; use --precision bf16 or fp32")
+    require(cfg.compile or cfg.compile_mode == "default",
+            f"--compile-mode {cfg.compile_mode} needs --compile true")
     require(cfg.evaluate is False or cfg.resume, "--evaluate needs --resume PATH (the checkpoint to evaluate)")
     device = cfg.device
     require(device in ("auto", "cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit()),

@@ -272,7 +272,7 @@ def build_experiment(cfg: Config, device: torch.device, checkpoint, world: World
     stats = tuple(torch.tensor(normalization[k], device=device).view(3, 1, 1) for k in ("mean", "std"))
     splits = {name: (images.to(device), labels.to(device)) for name, (images, labels) in dataset.splits.items()}
     if cfg.compile:
-        model.compile()  # in place: the state_dict keys stay those of the plain model
+        model.compile(mode=cfg.compile_mode)  # in place: the state_dict keys stay those of the plain model
     train_model = distributed.wrap(model, world, device)
     return Experiment(model, params, optimizer, scheduler, generator, compute, scaler, splits, stats, normalization,
                       dataset.num_classes, history, start_epoch, world, train_model, phase, no_decay, progress)

@@ -3,7 +3,10 @@
 #   1. a smoke run on synthetic data (stops here if the CUDA path fails);
 #   2. bf16 against fp32 accuracy parity: 3 seeds x 3 BN-only epochs each (the CPU protocol), run side by side;
 #   3. bench.py --device cuda: the classic DataLoader recipe against train.py's GPU-resident pipeline;
-#   4. the plain 160-epoch BN-only ResNet-32 run, timed (cut off at the time budget, if one is given).
+#   4. the same 3 epochs (seed 0, fp32) with --compile true --compile-mode reduce-overhead (CUDA graphs);
+#   5. the 160-epoch BN-only ResNet-32 run, timed (cut off at the time budget, if one is given): the plain
+#      command, or the compiled one where step 4 kept seed 0's val accuracy within 0.5 point and its last
+#      epoch took under 0.8x the plain one's.
 #
 #   scripts/bench_gpu.sh DATA_DIR OUT_DIR [BUDGET_SECONDS]
 #
@@ -53,11 +56,28 @@ done
 stamp "3. bench.py --device cuda"
 $PY bench.py --data-dir "$DATA" --device cuda --lbfgs-train-size 0 | tee "$OUT/bench.txt"
 
-stamp "4. the plain 160-epoch BN-only run"
+stamp "4. torch.compile, mode reduce-overhead: 3 epochs, seed 0 (epoch 1 includes the compilation)"
+COMPILED=(--compile true --compile-mode reduce-overhead)
+timeout 300 $PY train.py "${COMMON[@]}" -t bn --epochs 3 --seed 0 --precision fp32 "${COMPILED[@]}" \
+    --save-dir "$RUNS/compiled_fp32_s0"
+EXTRA=()
+if $PY - "$RUNS/parity_fp32_s0/history.csv" "$RUNS/compiled_fp32_s0/history.csv" <<'PYEOF'
+import csv, os, sys
+plain, compiled = (list(csv.DictReader(open(path))) if os.path.exists(path) else [] for path in sys.argv[1:])
+if len(compiled) < 3:
+    sys.exit("the compiled run did not finish: the 160-epoch run stays eager")
+seconds = [float(rows[-1]["epoch_seconds"]) for rows in (plain, compiled)]
+accs = [float(rows[-1]["val_acc"]) for rows in (plain, compiled)]
+print(f"last epoch: eager {seconds[0]:.2f} s, compiled {seconds[1]:.2f} s; val acc {accs[0]:.2f} vs {accs[1]:.2f}")
+sys.exit(0 if seconds[1] < 0.8 * seconds[0] and abs(accs[1] - accs[0]) <= 0.5 else 1)
+PYEOF
+then EXTRA=("${COMPILED[@]}"); fi
+
+stamp "5. the 160-epoch BN-only run ${EXTRA[*]:-(plain command)}"
 limit=()
 if [ "$BUDGET" -gt 0 ]; then limit=(timeout $((BUDGET - SECONDS - 20))); fi
 start=$(date +%s.%N)
-"${limit[@]}" $PY train.py "${COMMON[@]}" -t bn --epochs 160 --seed 0 --save-dir "$RUNS/bn_160_s0" \
+"${limit[@]}" $PY train.py "${COMMON[@]}" -t bn --epochs 160 --seed 0 "${EXTRA[@]}" --save-dir "$RUNS/bn_160_s0" \
     | awk 'NR <= 3 || NR % 20 == 0'
 status=$?
 wall=$($PY -c "import time; print(round(time.time() - $start, 1))")

@@ -104,3 +104,26 @@ def test_each_precision_trains_and_is_recorded(tmp_path, precision):
     assert json.loads((folder / "config.json").read_text())["resolved_precision"] == precision
     row = read_csv(folder / "history.csv")[0]
     assert float(row["train_loss"]) < 10 and 0 <= float(row["eval_seconds"]) <= float(row["epoch_seconds"])
+
+
+def test_compile_mode_flag():
+    assert parse_args([])[0].compile_mode == "default"
+    cfg = parse_args(["--compile", "true", "--compile-mode", "reduce-overhead"])[0]
+    assert cfg.compile and cfg.compile_mode == "reduce-overhead"
+    with pytest.raises(ConfigError, match="needs --compile true"):
+        parse_args(["--compile-mode", "max-autotune"])
+
+
+def test_bad_compile_mode_is_a_usage_error(tmp_path):
+    result = run_train(*TINY, "--compile", "true", "--compile-mode", "fastest", "--save-dir", tmp_path / "run")
+    assert_one_line_error(result, "--compile-mode", "fastest")
+    assert not (tmp_path / "run").exists()
+
+
+def test_compile_mode_reaches_torch_compile(monkeypatch):
+    import train
+    modes = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kwargs: modes.append(kwargs))
+    cfg = parse_args([*TINY, "--compile", "true", "--compile-mode", "reduce-overhead"])[0]
+    train.build_experiment(cfg, CPU, None)
+    assert modes == [{"mode": "reduce-overhead"}]
