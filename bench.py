@@ -270,6 +270,10 @@ def bench_device(name: str):
     if device.type == "cuda" and not torch.cuda.is_available():
         print(f"bench.py: error: --device {name}: CUDA is not available on this machine", file=sys.stderr)
         return None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        print(f"bench.py: error: --device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)",
+              file=sys.stderr)
+        return None
     return device
 
 
@@ -324,7 +328,7 @@ def main(argv=None) -> int:
             rate = r["images"] / r["wall"]
             base = base or rate
             rows.append([t, name, f"{rate:.0f}", f"{rate / base:.2f}x", f"{r['images'] / r['train_seconds']:.0f}",
-                         f"{100 * rate * flops[t] / 1e9 / peak[precision]:.0f} %", f"{r['startup_seconds']:.1f}",
+                         f"{100 * rate * flops[t] / 1e9 / peak[precision]:.1f} %", f"{r['startup_seconds']:.1f}",
                          f"{r['eval_seconds']:.1f}", f"{r['wall']:.0f}", f"{r['rss_mib']:.0f}", f"{r['val_acc']:.2f}"])
         for name, compute in steps.items():
             rate = bare[(t, name)]
@@ -332,7 +336,7 @@ def main(argv=None) -> int:
             rows.append([t, f"bare step, synthetic tensors ({name}: {compute.precision}, "
                             f"{'channels-last' if compute.channels_last else 'NCHW'})", f"{rate:.0f}",
                          f"{rate / base:.2f}x", "",
-                         f"{100 * rate * flops[t] / 1e9 / peak_used:.0f} %", "", "", "", "", ""])
+                         f"{100 * rate * flops[t] / 1e9 / peak_used:.1f} %", "", "", "", "", ""])
         print(flush=True)
     print(f"\n## Whole runs: 1 epoch ({'10,000' if train_size else 'all 45,000'} training images) + 5,000 val, "
           f"batch {BATCH}, SGD\n")

@@ -208,8 +208,9 @@ class Config:
         "torch.compile the model (slower on the CPU, where it is off by default: see BENCHMARKS.md)",
         type=str2bool, metavar="BOOL"))
     compile_mode: str = field(default="default", metadata=_flag(
-        "with --compile true: torch.compile's mode; reduce-overhead replays the step's kernels as CUDA graphs, "
-        "the lever for the launch-bound GPU step (not measured yet: BENCHMARKS.md)", choices=COMPILE_MODES))
+        "with --compile true: torch.compile's mode for the model's forward and backward (the loss and the "
+        "optimizer step stay eager); reduce-overhead replays them as CUDA graphs, meant for the GPU step, "
+        "whose time goes mostly to kernel launches (not measured yet: BENCHMARKS.md)", choices=COMPILE_MODES))
     # run folder
     save_dir: Optional[str] = field(default=None, metadata=_flag(
         "run folder (default runs/<arch>_<optimizer>_<trainable>_<timestamp>)"))

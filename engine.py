@@ -19,7 +19,7 @@ from resnet import is_batchnorm
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # What --precision auto means per device type: a lower precision only where its accuracy parity with fp32
 # was measured and it is faster. On the CPU, bf16 autocast cost 0.87 points of val accuracy (3 seeds); on
-# an H200 it kept accuracy but was slower than fp32 (the eager step is launch-bound), BENCHMARKS.md. So
+# an H200 it kept accuracy but was slower than fp32 (the eager step seems launch-bound), BENCHMARKS.md. So
 # every device type is fp32 until a measurement says otherwise.
 AUTO_PRECISION = {}
 

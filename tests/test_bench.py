@@ -1,4 +1,4 @@
-"""bench.py: its device choice and its in-process measurements, on the CPU with small inputs."""
+"""bench.py: its device choice and its timing helper (no GPU needed)."""
 
 import pytest
 import torch
@@ -18,19 +18,38 @@ def test_unknown_device_is_a_one_line_error(image_root, capsys):
     assert err == ["bench.py: error: --device must be cpu, cuda or cuda:N, got 'tpu'"]
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_cuda_without_a_gpu_is_a_one_line_error(image_root, capsys):
+def test_cuda_without_a_gpu_is_a_one_line_error(image_root, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert bench.main(["--data-dir", image_root, "--device", "cuda"]) == 2
-    assert "CUDA is not available" in capsys.readouterr().err
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "bench.py: error: --device cuda: CUDA is not available on this machine"]
+
+
+def test_a_gpu_index_that_is_not_there_is_a_one_line_error(image_root, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert bench.main(["--data-dir", image_root, "--device", "cuda:1"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "bench.py: error: --device cuda:1: this machine has 1 CUDA device(s)"]
 
 
 def test_bench_device_accepts_cpu():
     assert bench.bench_device("cpu") == torch.device("cpu")
 
 
-def test_best_rate_counts_items_per_second():
-    calls = []
-    rate = bench.best_rate(lambda: calls.append(1), items=128, repeats=2, calls=5)
+def test_best_rate_is_the_fastest_timing_and_waits_for_the_device(monkeypatch):
+    """A fake clock that advances 1 s per call of fn (2 s in the first timing): the best rate is
+    items x calls / 5 s, and the device is synchronised after the warm-up and after each timing."""
+    now, calls, synced = [0.0], [], []
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(bench, "synchronize", lambda device: synced.append(device))
+
+    def fn():
+        calls.append(1)
+        now[0] += 2.0 if 1 < len(calls) <= 6 else 1.0
+
+    gpu = torch.device("cuda")
+    assert bench.best_rate(fn, items=128, repeats=2, calls=5, device=gpu) == pytest.approx(128 * 5 / 5.0)
     assert len(calls) == 1 + 2 * 5  # one warm-up, then the timed calls
-    assert rate > 0
+    assert synced == [gpu] * 3
 
