@@ -156,6 +156,9 @@ class Config:
         "raise the learning rate linearly over this many first epochs (of each phase) before the schedule"))
     lbfgs_history: int = field(default=10, metadata=_flag("L-BFGS memory (number of curvature pairs)"))
     lbfgs_max_iter: int = field(default=5, metadata=_flag("L-BFGS iterations per optimizer step (per batch)"))
+    lbfgs_max_eval: Optional[int] = field(default=None, metadata=_flag(
+        "L-BFGS loss evaluations per optimizer step, line-search calls included (default: torch's, "
+        "max-iter x 5/4, which can end a step before its max-iter iterations: max-iter 2 gives one)"))
     lbfgs_batch_size: int = field(default=512, metadata=_flag("images in the fixed batch of one L-BFGS step"))
     lbfgs_chunk_size: int = field(default=0, metadata=_flag(
         "L-BFGS: evaluate the batch in chunks of this many images and sum their gradients, for batches "
@@ -367,6 +370,8 @@ def validate(cfg: Config) -> None:
     for name in ("epochs", "batch_size", "width", "lbfgs_history", "lbfgs_max_iter", "lbfgs_batch_size",
                  "save_every", "image_size", "workers"):
         require(getattr(cfg, name) >= 1, f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    require(cfg.lbfgs_max_eval is None or cfg.lbfgs_max_eval >= 1,
+            f"--lbfgs-max-eval must be at least 1, got {cfg.lbfgs_max_eval}")
     require(cfg.lbfgs_chunk_size >= 0, f"--lbfgs-chunk-size must be 0 or more, got {cfg.lbfgs_chunk_size}")
     shortest = min(epochs for _, epochs in cfg.phases) if cfg.phases else cfg.epochs
     require(0 <= cfg.warmup_epochs < shortest, f"--warmup-epochs must be at least 0 and below the "

@@ -67,7 +67,8 @@ def build_optimizer(cfg, params: list, no_decay=()):
     if not params:
         return None
     if cfg.optimizer == "lbfgs":  # one parameter group: LBFGS allows no more
-        return torch.optim.LBFGS(params, lr=cfg.lr, max_iter=cfg.lbfgs_max_iter, history_size=cfg.lbfgs_history,
+        return torch.optim.LBFGS(params, lr=cfg.lr, max_iter=cfg.lbfgs_max_iter, max_eval=cfg.lbfgs_max_eval,
+                                 history_size=cfg.lbfgs_history,
                                  line_search_fn=None if cfg.lbfgs_line_search == "none" else cfg.lbfgs_line_search)
     decayed, undecayed = split_decay(params, no_decay)
     groups = [g for g in ({"params": decayed}, {"params": undecayed, "weight_decay": 0.0}) if g["params"]]

@@ -64,8 +64,8 @@ SETTING_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
 # default learning rates, and are still a comparison of optimizers.
 # The same holds for the L-BFGS-only settings when only one of the runs uses L-BFGS.
 # And --phases runs: their default milestones are per phase, `phases` shows as `trainable` (with_defaults).
-FOLLOWS = {"optimizer": ("lr", "bn_recalibrate", "lbfgs_history", "lbfgs_max_iter", "lbfgs_batch_size",
-                         "lbfgs_chunk_size", "lbfgs_line_search", "lbfgs_history_mode"),
+FOLLOWS = {"optimizer": ("lr", "bn_recalibrate", "lbfgs_history", "lbfgs_max_iter", "lbfgs_max_eval",
+                         "lbfgs_batch_size", "lbfgs_chunk_size", "lbfgs_line_search", "lbfgs_history_mode"),
            "trainable": ("phases", "milestones")}
 REQUIRED_COLUMNS = ("epoch", "train_loss", "train_acc")
 # Numeric columns this script knows; `phase` is read as text; any other column is ignored unread.

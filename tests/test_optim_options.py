@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import engine
-from config import parse_args
+from config import ConfigError, parse_args
 from engine import Compute, build_optimizer, lbfgs_chunks, lbfgs_step, sgd_step, train_one_epoch
 from resnet import build_model, freeze, select_parameters
 from train import setup_phase
@@ -31,6 +31,25 @@ def lbfgs_model(*flags, seed=0):
 def test_line_search_flag_reaches_lbfgs():
     assert lbfgs_model()[2].param_groups[0]["line_search_fn"] == "strong_wolfe"
     assert lbfgs_model("--lbfgs-line-search", "none")[2].param_groups[0]["line_search_fn"] is None
+
+
+def test_max_eval_flag_sets_the_evaluation_cap_and_frees_the_iterations():
+    """torch's default cap, max_iter * 5 // 4 evaluations, lets a strong-Wolfe step of --lbfgs-max-iter 2
+    make one iteration; --lbfgs-max-eval raises the cap and the step makes both."""
+    images, labels = batch(32)
+    iterations = {}
+    for flags in ((), ("--lbfgs-max-eval", "10")):
+        model, cfg, optimizer = lbfgs_model("--lbfgs-max-iter", "2", "--lr", "0.1", *flags)
+        model.eval()
+        lbfgs_step(model, optimizer, images, labels, 0.0, FP32)
+        group = optimizer.param_groups[0]
+        iterations[group["max_eval"]] = optimizer.state[group["params"][0]]["n_iter"]
+    assert iterations == {2: 1, 10: 2}
+
+
+def test_bad_max_eval_is_refused():
+    with pytest.raises(ConfigError, match="--lbfgs-max-eval must be at least 1"):
+        parse_args(["--optimizer", "lbfgs", "--lbfgs-max-eval", "0"])
 
 
 def test_without_line_search_lbfgs_takes_max_iter_passes_and_a_short_first_step():
