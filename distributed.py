@@ -64,7 +64,10 @@ def start(world: World, device: torch.device, timeout_minutes: float = 30.0) -> 
 
 
 def stop(world: World) -> None:
+    """Leave the process group: wait until every rank is done with its collectives, then destroy it.
+    (Without the barrier a rank could exit while gloo still held work of the other's, and abort.)"""
     if world.active and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -14,7 +14,8 @@ import torch.multiprocessing as mp
 
 from conftest import REPO, TINY, assert_one_line_error, read_csv, run_train, without_timings
 from config import parse_args
-from distributed import World, all_sum, average_bn_statistics, convert_sync_batchnorm, shard, world_from_env, wrap
+from distributed import (World, all_sum, average_bn_statistics, convert_sync_batchnorm, shard, stop,
+                         world_from_env, wrap)
 from engine import Compute, build_optimizer, evaluate, train_one_epoch
 from resnet import build_model, freeze
 
@@ -110,7 +111,7 @@ def _lockstep_worker(rank, size, init_file, out_dir, sync_bn, chunk):
     total = all_sum(world, torch.tensor(rank + 1.0))[0]
     torch.save({"params": [p.detach() for p in optimizer.param_groups[0]["params"]], "train": result,
                 "sharded": sharded, "whole": whole, "total": total}, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+    stop(world)
 
 
 @pytest.mark.parametrize("sync_bn,chunk", [(False, 0), (True, 0), (True, 8)])
