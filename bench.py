@@ -26,7 +26,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from engine import Compute, resolve_precision, sgd_step
+from engine import Compute, cpu_has_bf16, resolve_precision, sgd_step
 from resnet import build_model, freeze
 
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -248,6 +248,7 @@ def machine(device: torch.device) -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    cpu += " (bf16 in hardware)" if cpu_has_bf16() else " (no bf16 in hardware)"
     gpu = f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda}), " if device.type == "cuda" else ""
     return (f"{gpu}{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
             f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}")
@@ -299,7 +300,8 @@ def main(argv=None) -> int:
         return 0
     train_size = 10000 if args.quick else None
     default = Compute(device, resolve_precision("auto", device), channels_last=True)
-    steps = {"classic": Compute(device), "default": default, "bf16": Compute(device, "bf16", channels_last=True)}
+    other = "fp32" if default.precision == "bf16" else "bf16"  # the precision the default is not
+    steps = {"classic": Compute(device), "default": default, other: Compute(device, other, channels_last=True)}
     print(f"machine: {machine(device)}\ndefault precision on {device.type}: {default.precision}, channels-last\n",
           flush=True)
 
@@ -307,8 +309,8 @@ def main(argv=None) -> int:
     flops = {t: step_flops(t) for t in ("bn", "all")}
     bare = {(t, name): best_rate(make_step(t, compute), BATCH, device=device)
             for t in ("bn", "all") for name, compute in steps.items()}
-    data_ms = {name: data_path_ms(steps[name]) for name in ("default", "bf16")}
-    eval_10k = {name: eval_seconds(steps[name]) for name in ("default", "bf16")}
+    data_ms = {name: data_path_ms(steps[name]) for name in ("default", other)}
+    eval_10k = {name: eval_seconds(steps[name]) for name in ("default", other)}
     startup = startup_parts(args.data_dir, device)
     print(f"matmul peak: {peak['fp32']:.0f} GFLOP/s fp32, {peak['bf16']:.0f} GFLOP/s bf16")
     print(f"step FLOPs per image: BN-only {flops['bn'] / 1e6:.0f} M, full {flops['all'] / 1e6:.0f} M")
@@ -321,8 +323,8 @@ def main(argv=None) -> int:
                   classic_whole_run(args.data_dir, t, train_size, device)),
                  (f"train.py (default: {default.precision}, channels-last)", default.precision,
                   project_whole_run(args.data_dir, t, train_size, [], device)),
-                 ("train.py --precision bf16", "bf16",
-                  project_whole_run(args.data_dir, t, train_size, ["--precision", "bf16"], device))]
+                 (f"train.py --precision {other}", other,
+                  project_whole_run(args.data_dir, t, train_size, ["--precision", other], device))]
         base = None
         for name, precision, r in whole:
             rate = r["images"] / r["wall"]
@@ -343,7 +345,7 @@ def main(argv=None) -> int:
     print(table(["trained", "pipeline", "img/s (whole run)", "vs classic", "img/s (training loop)", "% of peak",
                  "start-up + exit s", "eval s", "wall s", "peak RSS MiB", "val acc"], rows))
     print()
-    for name in ("default", "bf16"):
+    for name in ("default", other):
         step_ms = 1000 * BATCH / bare[("bn", name)]
         epoch_50k = 50000 / bare[("bn", name)]
         print(f"{name} ({steps[name].precision}): data path {data_ms[name]:.2f} ms per batch of {BATCH} = "
@@ -355,10 +357,11 @@ def main(argv=None) -> int:
         return 0
     lbfgs_rows = []
     for optimizer in ("sgd", "lbfgs"):
-        r = project_whole_run(args.data_dir, "bn", args.lbfgs_train_size, ["--optimizer", optimizer], device)
+        r = project_whole_run(args.data_dir, "bn", args.lbfgs_train_size,
+                              ["--optimizer", optimizer, "--precision", "fp32"], device)
         lbfgs_rows.append([optimizer, f"{r['train_seconds']:.0f}", r["passes"], f"{r['eval_seconds']:.1f}",
                            f"{r['val_acc']:.2f}"])
-    print(f"\n## L-BFGS against SGD: one BN-only epoch of {args.lbfgs_train_size:,} images (defaults)\n")
+    print(f"\n## L-BFGS against SGD: one BN-only epoch of {args.lbfgs_train_size:,} images (defaults, but both fp32)\n")
     print(table(["optimizer", "training s", "forward+backward passes", "eval s (incl. BN recalibration)",
                  "val acc"], lbfgs_rows))
     return 0

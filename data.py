@@ -16,7 +16,7 @@ import torch
 from config import ConfigError
 
 SUBSET_SEED = 0  # fixed: --train-size/--test-size/--val-split pick the same images whatever --seed is
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 # Per-channel mean and std (0-1 pixel scale) of the CIFAR training sets.
 CIFAR_STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -109,58 +109,66 @@ def synthetic_splits(train_n: int, test_n: int, num_classes: int = 10):
 # ---------------------------------------------------------------- imagefolder with a decoded cache
 
 def load_imagefolder(data_dir: str, cache_dir: str, image_size: int, workers: int):
-    """DATA_DIR/train/<class>/* (+ test/ or val/), decoded once into a uint8 cache keyed by the files."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+    """DATA_DIR/train/<class>/* (+ test/ or val/), decoded once into a uint8 cache keyed by the files.
 
+    A cache hit needs no torchvision import (about 1 s of start-up): the key hashes every file's path,
+    size and modification time, and the cache holds the class names torchvision found.
+    """
     root = os.path.expanduser(data_dir)
     train_dir = os.path.join(root, "train")
     if not os.path.isdir(train_dir):
         raise DataError(f"no folder {train_dir}; --dataset imagefolder needs DATA_DIR/train/<class>/<images>")
+    folders = {"train": train_dir}
+    for name in ("test", "val"):
+        if os.path.isdir(os.path.join(root, name)):
+            folders["test"] = os.path.join(root, name)
+            break
+    cache_path = os.path.join(os.path.expanduser(cache_dir), f"imagefolder-{cache_key(folders, image_size)}.npz")
+    cached = read_cache(cache_path)
+    if cached is not None:
+        return cached
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
     try:
         classes, class_to_idx = find_classes(train_dir)
-        files = {"train": make_dataset(train_dir, class_to_idx, IMG_EXTENSIONS)}
-        for name in ("test", "val"):
-            if os.path.isdir(os.path.join(root, name)):
-                files["test"] = make_dataset(os.path.join(root, name), class_to_idx, IMG_EXTENSIONS)
-                break
+        files = {name: make_dataset(folder, class_to_idx, IMG_EXTENSIONS) for name, folder in folders.items()}
     except (FileNotFoundError, OSError) as e:
         raise DataError(f"{str(e).splitlines()[0]}; put images in DATA_DIR/train/<class>/ and give test/ (or val/) "
                         f"the same class folders ({data_dir})") from None
-    key = cache_key(files, image_size)
-    cache_path = os.path.join(os.path.expanduser(cache_dir), f"imagefolder-{key}.npz")
-    splits = read_cache(cache_path)
-    if splits is None:
-        splits = {name: decode_files(samples, image_size, workers) for name, samples in files.items()}
-        write_cache(cache_path, splits)
+    splits = {name: decode_files(samples, image_size, workers) for name, samples in files.items()}
+    write_cache(cache_path, splits, classes)
     return splits, classes
 
 
-def cache_key(files: dict, image_size: int) -> str:
-    """Hash of every file's path, size and modification time: a changed folder gets a new key."""
+def cache_key(folders: dict, image_size: int) -> str:
+    """Hash of every file's path, size and modification time under the split folders: any change to
+    them (an image added, removed, renamed, replaced or moved to another class) gets a new key."""
     digest = hashlib.sha256(f"v{CACHE_VERSION} size{image_size}".encode())
-    for name, samples in sorted(files.items()):
-        for path, label in samples:
-            stat = os.stat(path)
-            digest.update(f"{name}\0{os.path.abspath(path)}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    for name, folder in sorted(folders.items()):
+        for parent, dirs, names in os.walk(os.path.abspath(folder)):
+            dirs.sort()
+            for file in sorted(names):
+                stat = os.stat(os.path.join(parent, file))
+                digest.update(f"{name}\0{parent}\0{file}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:24]
 
 
 def read_cache(path: str):
-    """The cached splits, or None when there is no usable cache (read without pickle)."""
+    """(splits, class names) from the cache, or None when there is no usable cache (read without pickle)."""
     if not os.path.isfile(path):
         return None
     try:
         with np.load(path, allow_pickle=False) as arrays:
             names = [k[len("images_"):] for k in arrays.files if k.startswith("images_")]
-            return {n: (torch.from_numpy(arrays[f"images_{n}"]), torch.from_numpy(arrays[f"labels_{n}"]))
-                    for n in names}
+            splits = {n: (torch.from_numpy(arrays[f"images_{n}"]), torch.from_numpy(arrays[f"labels_{n}"]))
+                      for n in names}
+            return splits, [str(c) for c in arrays["classes"]]
     except Exception:
         return None  # a damaged cache is rebuilt, not trusted
 
 
-def write_cache(path: str, splits: dict) -> None:
+def write_cache(path: str, splits: dict, classes: list) -> None:
     """Write atomically; a cache that cannot be written only costs the next run a re-decode."""
-    arrays = {}
+    arrays = {"classes": np.array(classes, dtype=str)}
     for name, (images, labels) in splits.items():
         arrays[f"images_{name}"] = images.numpy()
         arrays[f"labels_{name}"] = labels.numpy()

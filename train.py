@@ -248,7 +248,7 @@ def build_experiment(cfg: Config, device: torch.device, checkpoint, world: World
     np.random.seed(cfg.seed)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     dataset = distributed.in_turn(world, lambda: load_dataset(cfg))  # one download / decode, then cache reads
-    compute = Compute(device, resolve_precision(cfg.precision, device), cfg.channels_last)
+    compute = Compute(device, run_precision(cfg, device, checkpoint), cfg.channels_last)
     model = compute.place(build_model(cfg.arch, dataset.num_classes, cfg.width, cfg.bn_init))
     if cfg.sync_bn and world.active:
         distributed.convert_sync_batchnorm(model, device)
@@ -276,6 +276,15 @@ def build_experiment(cfg: Config, device: torch.device, checkpoint, world: World
     train_model = distributed.wrap(model, world, device)
     return Experiment(model, params, optimizer, scheduler, generator, compute, scaler, splits, stats, normalization,
                       dataset.num_classes, history, start_epoch, world, train_model, phase, no_decay, progress)
+
+
+def run_precision(cfg: Config, device: torch.device, checkpoint) -> str:
+    """The arithmetic of this run: --precision, with `auto` resolved for the device and optimizer. A resumed
+    run keeps what it started with, even where `auto` has come to mean another precision since (runs from
+    before the checkpoint recorded it were all fp32)."""
+    if checkpoint is not None and cfg.precision == "auto":
+        return checkpoint.get("resolved_precision", "fp32")
+    return resolve_precision(cfg.precision, device, cfg.optimizer)
 
 
 def setup_phase(cfg: Config, model, mode: str, epochs: int) -> tuple:
@@ -379,7 +388,7 @@ def checkpoint_state(cfg: Config, ex: Experiment, epoch: int, progress=None) -> 
             "scaler": ex.scaler.state_dict() if ex.scaler is not None else None, "epoch": epoch,
             "rng": rng_state(ex.generator), "config": to_dict(cfg), "normalization": ex.normalization,
             "history": ex.history, "num_classes": ex.num_classes, "progress": progress, "phase": ex.phase,
-            "world_size": ex.world.size}
+            "world_size": ex.world.size, "resolved_precision": ex.compute.precision}
 
 
 def restore(checkpoint: dict, model, optimizer, scheduler, scaler, generator) -> dict:
@@ -432,8 +441,13 @@ def prepare_save_dir(cfg: Config, compute: Compute, resuming: bool, world: World
 
 
 def _torchvision_version() -> str:
-    import torchvision
-    return torchvision.__version__
+    """From the package metadata: importing torchvision costs about 1 s of start-up."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("torchvision")
+    except PackageNotFoundError:  # e.g. a source build on the path
+        import torchvision
+        return torchvision.__version__
 
 
 if __name__ == "__main__":

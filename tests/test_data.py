@@ -1,5 +1,6 @@
 """Data: synthetic and imagefolder loading, the decoded cache, splits, and batched augmentation."""
 
+import sys
 
 import numpy as np
 import pytest
@@ -44,8 +45,9 @@ def test_imagefolder_loads_and_caches(tmp_path, monkeypatch):
     def no_decoding(*args):
         raise AssertionError("decoded again although the cache is valid")
     monkeypatch.setattr(data, "decode_files", no_decoding)
+    monkeypatch.setitem(sys.modules, "torchvision.datasets.folder", None)  # a cache hit lists no files with it
     again = load_dataset(cfg)
-    assert torch.equal(again.splits["train"][0], images)
+    assert torch.equal(again.splits["train"][0], images) and again.classes == ["cat", "dog"]
     monkeypatch.undo()
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(root / "train" / "cat" / "extra.png")
     changed = load_dataset(cfg)  # a changed folder is decoded anew

@@ -6,8 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import engine
+import train
 from config import ConfigError, parse_args
-from conftest import TINY, assert_one_line_error, read_csv, run_train
+from conftest import TINY, TINY_AUTO, assert_one_line_error, read_csv, run_train
 from engine import Compute, resolve_precision, sgd_step
 from resnet import build_model, freeze
 
@@ -33,11 +35,38 @@ def test_bad_precision_is_a_usage_error(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_auto_precision_is_fp32_until_a_lower_one_is_measured_safe():
-    assert resolve_precision("auto", CPU) == "fp32"  # bf16 failed the accuracy parity check on the CPU
+@pytest.mark.parametrize("bf16_hardware", [True, False])
+def test_auto_precision_is_bf16_only_where_measured_safe_and_faster(monkeypatch, bf16_hardware):
+    monkeypatch.setattr(engine, "cpu_has_bf16", lambda: bf16_hardware)
+    fast = "bf16" if bf16_hardware else "fp32"  # without bf16 instructions the CPU emulates it, slower than fp32
+    assert resolve_precision("auto", CPU) == fast
+    assert resolve_precision("auto", CPU, "adam") == fast
+    assert resolve_precision("auto", CPU, "lbfgs") == "fp32"  # parity was measured with SGD's steps only
     assert resolve_precision("auto", torch.device("cuda")) == "fp32"  # bf16 was slower on an H200
     assert resolve_precision("fp16", CPU) == "fp16"
-    assert resolve_precision("bf16", CPU) == "bf16"
+    assert resolve_precision("fp32", CPU) == "fp32"
+    assert resolve_precision("bf16", CPU, "lbfgs") == "bf16"
+
+
+def test_cpu_has_bf16_reads_torch():
+    assert engine.cpu_has_bf16() == (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def test_resumed_run_keeps_the_precision_it_started_with(monkeypatch):
+    monkeypatch.setattr(engine, "cpu_has_bf16", lambda: True)
+    cfg = parse_args([])[0]
+    assert train.run_precision(cfg, CPU, None) == "bf16"
+    assert train.run_precision(cfg, CPU, {"resolved_precision": "fp32"}) == "fp32"
+    assert train.run_precision(cfg, CPU, {}) == "fp32"  # checkpoints from before it was recorded: auto was fp32
+    assert train.run_precision(parse_args(["--precision", "bf16"])[0], CPU, {}) == "bf16"
+
+
+def test_checkpoint_records_the_resolved_precision(tmp_path):
+    folder = tmp_path / "run"
+    assert run_train(*TINY_AUTO, "--epochs", "1", "--train-size", "64", "--save-dir", folder).returncode == 0
+    saved = torch.load(folder / "checkpoint.pt", weights_only=True)["resolved_precision"]
+    assert saved == json.loads((folder / "config.json").read_text())["resolved_precision"] == \
+        resolve_precision("auto", CPU)
 
 
 def test_bf16_step_keeps_batchnorm_and_loss_in_fp32_and_tracks_the_fp32_step():
