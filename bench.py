@@ -26,7 +26,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from engine import Compute, cpu_has_bf16, resolve_precision, sgd_step
+from engine import Compute, cpu_has_amx, resolve_precision, sgd_step
 from resnet import build_model, freeze
 
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -248,7 +248,7 @@ def machine(device: torch.device) -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    cpu += " (bf16 in hardware)" if cpu_has_bf16() else " (no bf16 in hardware)"
+    cpu += " (AMX: bf16 matrix tiles)" if cpu_has_amx() else " (no AMX)"
     gpu = f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda}), " if device.type == "cuda" else ""
     return (f"{gpu}{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
             f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}")

@@ -200,9 +200,9 @@ class Config:
     # speed
     precision: str = field(default="auto", metadata=_flag(
         "arithmetic of convolutions and matmuls: fp32, or bf16/fp16 autocast (BatchNorm statistics, parameters "
-        "and the loss stay fp32); auto: the fastest precision whose accuracy matched fp32 on this device "
-        "type, which so far is fp32 everywhere (bf16 is about 1.7x faster on CPUs with native bf16 but cost "
-        "0.9 points of accuracy: BENCHMARKS.md)", choices=PRECISIONS))
+        "and the loss stay fp32); auto: the fastest precision whose accuracy matched fp32, i.e. bf16 on CPUs "
+        "with AMX except with L-BFGS, fp32 elsewhere (BENCHMARKS.md); a resumed run keeps the precision it "
+        "started with", choices=PRECISIONS))
     half: Optional[bool] = field(default=None, metadata=_flag(
         "shorthand for --precision fp16 (the original project's flag)", action="store_true"))
     channels_last: bool = field(default=True, metadata=_flag(

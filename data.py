@@ -140,12 +140,14 @@ def load_imagefolder(data_dir: str, cache_dir: str, image_size: int, workers: in
 
 
 def cache_key(folders: dict, image_size: int) -> str:
-    """Hash of every file's path, size and modification time under the split folders: any change to
-    them (an image added, removed, renamed, replaced or moved to another class) gets a new key."""
+    """Hash of every folder and every file's path, size and modification time under the split folders
+    (symbolic links followed): any change to them (an image added, removed, renamed, replaced or moved to
+    another class; a class folder added) gets a new key."""
     digest = hashlib.sha256(f"v{CACHE_VERSION} size{image_size}".encode())
     for name, folder in sorted(folders.items()):
-        for parent, dirs, names in os.walk(os.path.abspath(folder)):
+        for parent, dirs, names in os.walk(os.path.abspath(folder), followlinks=True):  # as torchvision lists
             dirs.sort()
+            digest.update(f"{name}\0{parent}\0{len(dirs)}\0{chr(0).join(dirs)}\n".encode())  # empty folders too
             for file in sorted(names):
                 stat = os.stat(os.path.join(parent, file))
                 digest.update(f"{name}\0{parent}\0{file}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
@@ -251,16 +253,16 @@ def stratified_split(labels: torch.Tensor, n_val: int, seed: int):
 
 
 def channel_stats(images: torch.Tensor):
-    """Per-channel mean and std of (N, 3, H, W) uint8 images, on the 0-1 scale."""
-    total = torch.zeros(3, dtype=torch.float64)
-    squares = torch.zeros(3, dtype=torch.float64)
-    for start in range(0, len(images), 4096):
-        chunk = images[start:start + 4096].double() / 255
-        total += chunk.sum(dim=(0, 2, 3))
-        squares += (chunk * chunk).sum(dim=(0, 2, 3))
-    count = images.numel() / 3
-    mean = total / count
-    std = (squares / count - mean * mean).clamp_min(1e-12).sqrt()
+    """Per-channel mean and std of (N, 3, H, W) uint8 images, on the 0-1 scale.
+
+    From each channel's histogram of the 256 pixel values: one pass over the bytes, exact counts
+    (summing the pixels as float64 took 1 s of start-up for 45,000 CIFAR images, this 0.13 s).
+    """
+    counts = torch.stack([torch.bincount(images[:, c].flatten(), minlength=256) for c in range(3)]).double()
+    values = torch.arange(256, dtype=torch.float64) / 255
+    total = counts.sum(1)
+    mean = counts @ values / total
+    std = (counts @ (values * values) / total - mean * mean).clamp_min(1e-12).sqrt()
     return tuple(mean.tolist()), tuple(std.tolist())
 
 

@@ -18,25 +18,33 @@ from resnet import is_batchnorm
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # What --precision auto means: a lower precision only where its accuracy parity with fp32 was measured and
-# it is faster (BENCHMARKS.md). On CPUs with bf16 instructions (AVX512-BF16 or AMX) bf16 autocast ran a BN-only
-# step 1.6-1.9x faster, and over 9 seeds on two such CPUs its 3-epoch val accuracy was 0.10 points below
-# fp32's (within the 0.5 allowed). That was measured for SGD only: L-BFGS's line search compares loss values
-# between evaluations, so it stays fp32. Other CPUs emulate bf16 (slower than fp32). On an H200 bf16 kept its
-# accuracy but was slower than fp32 (the eager step seems launch-bound), so CUDA stays fp32.
+# it is faster (BENCHMARKS.md). On a CPU with AMX (bf16 matrix tiles) bf16 autocast ran the BN-only step
+# 1.6-1.8x faster than fp32, and over 6 seeds its 3-epoch val accuracy was 0.28 points above fp32's on
+# average (the mean is within the 0.5 allowed; the 95 % interval, -0.75 to +1.31, is wide). On a CPU with
+# AVX512-BF16 but no AMX it was 0.87 points below (3 seeds), so those stay fp32, as do CPUs that emulate
+# bf16. Parity was measured with SGD; the other first-order optimizers take the same gradients. L-BFGS's
+# line search compares loss values between evaluations and was not measured: fp32. On an H200 bf16 kept
+# its accuracy but was slower than fp32 (the eager step seems launch-bound), so CUDA stays fp32.
 FP32_OPTIMIZERS = ("lbfgs",)  # auto keeps these in fp32
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU has bf16 arithmetic in hardware (AVX512-BF16 or AMX); torch reports it."""
-    checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
-    return any(check() for check in checks if check is not None)
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX bf16 matrix tiles: torch's check, else the kernel's CPU flags (Linux)."""
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    if check is not None:
+        return bool(check())
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in fh)
+    except OSError:
+        return False
 
 
 def resolve_precision(precision: str, device: torch.device, optimizer: str = "sgd") -> str:
     """The precision `auto` stands for on this device with this optimizer; explicit settings are kept."""
     if precision != "auto":
         return precision
-    if device.type == "cpu" and optimizer not in FP32_OPTIMIZERS and cpu_has_bf16():
+    if device.type == "cpu" and optimizer not in FP32_OPTIMIZERS and cpu_has_amx():
         return "bf16"
     return "fp32"
 

@@ -248,7 +248,8 @@ def build_experiment(cfg: Config, device: torch.device, checkpoint, world: World
     np.random.seed(cfg.seed)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     dataset = distributed.in_turn(world, lambda: load_dataset(cfg))  # one download / decode, then cache reads
-    compute = Compute(device, run_precision(cfg, device, checkpoint), cfg.channels_last)
+    precision = broadcast_value(world, run_precision(cfg, device, checkpoint))  # rank 0's CPU decides for all
+    compute = Compute(device, precision, cfg.channels_last)
     model = compute.place(build_model(cfg.arch, dataset.num_classes, cfg.width, cfg.bn_init))
     if cfg.sync_bn and world.active:
         distributed.convert_sync_batchnorm(model, device)
@@ -280,8 +281,8 @@ def build_experiment(cfg: Config, device: torch.device, checkpoint, world: World
 
 def run_precision(cfg: Config, device: torch.device, checkpoint) -> str:
     """The arithmetic of this run: --precision, with `auto` resolved for the device and optimizer. A resumed
-    run keeps what it started with, even where `auto` has come to mean another precision since (runs from
-    before the checkpoint recorded it were all fp32)."""
+    run keeps what it started with, on any machine and device, and even where `auto` has come to mean
+    another precision since (runs from before the checkpoint recorded it were all fp32)."""
     if checkpoint is not None and cfg.precision == "auto":
         return checkpoint.get("resolved_precision", "fp32")
     return resolve_precision(cfg.precision, device, cfg.optimizer)

@@ -9,7 +9,7 @@ from PIL import Image
 
 import data
 from config import parse_args
-from data import DataError, augment, load_dataset, random_crop, random_flip, stratified_split
+from data import DataError, augment, channel_stats, load_dataset, random_crop, random_flip, stratified_split
 
 
 def make_image_folder(root, classes=("cat", "dog"), per_class=6, test=True, size=32):
@@ -136,3 +136,27 @@ def test_flip_and_augment_are_seeded():
     one = augment(images, torch.Generator().manual_seed(5))
     two = augment(images, torch.Generator().manual_seed(5))
     assert torch.equal(one, two) and one.dtype == torch.uint8
+
+
+def test_channel_stats_match_the_float_computation():
+    images = torch.randint(0, 256, (50, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    images[:, 2] //= 4  # channels with different statistics
+    mean, std = channel_stats(images)
+    pixels = images.double().div(255).transpose(0, 1).flatten(1)  # (3, N*H*W)
+    assert mean == pytest.approx(pixels.mean(1).tolist(), rel=1e-12)
+    assert std == pytest.approx(pixels.std(1, correction=0).tolist(), rel=1e-9)
+    assert channel_stats(torch.full((2, 3, 4, 4), 7, dtype=torch.uint8))[1] == pytest.approx((1e-6,) * 3)
+
+
+def test_cache_key_sees_new_folders_and_files_behind_links(tmp_path):
+    root = make_image_folder(tmp_path / "images", test=False)
+    elsewhere = make_image_folder(tmp_path / "other", classes=("bird",), test=False)
+    (root / "train" / "bird").symlink_to(elsewhere / "train" / "bird", target_is_directory=True)
+    folders = {"train": str(root / "train")}
+    keys = [data.cache_key(folders, 32)]
+    (root / "train" / "fish").mkdir()  # an empty class folder
+    keys.append(data.cache_key(folders, 32))
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(elsewhere / "train" / "bird" / "new.png")
+    keys.append(data.cache_key(folders, 32))  # an image added behind the link
+    assert len(set(keys)) == 3
+    assert data.cache_key(folders, 32) == keys[-1] != data.cache_key(folders, 64)

@@ -1,5 +1,6 @@
 """The speed settings: --precision (bf16/fp16 autocast), channels-last layout, in-place residual blocks."""
 
+import io
 import json
 
 import pytest
@@ -35,38 +36,49 @@ def test_bad_precision_is_a_usage_error(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("bf16_hardware", [True, False])
-def test_auto_precision_is_bf16_only_where_measured_safe_and_faster(monkeypatch, bf16_hardware):
-    monkeypatch.setattr(engine, "cpu_has_bf16", lambda: bf16_hardware)
-    fast = "bf16" if bf16_hardware else "fp32"  # without bf16 instructions the CPU emulates it, slower than fp32
+@pytest.mark.parametrize("amx", [True, False])
+def test_auto_precision_is_bf16_only_where_measured_safe_and_faster(monkeypatch, amx):
+    monkeypatch.setattr(engine, "cpu_has_amx", lambda: amx)
+    fast = "bf16" if amx else "fp32"  # without AMX, bf16 lost 0.87 points (AVX512-BF16) or is emulated (slower)
     assert resolve_precision("auto", CPU) == fast
-    assert resolve_precision("auto", CPU, "adam") == fast
-    assert resolve_precision("auto", CPU, "lbfgs") == "fp32"  # parity was measured with SGD's steps only
+    assert resolve_precision("auto", CPU, "adam") == fast  # same gradients as SGD, with which parity was measured
+    assert resolve_precision("auto", CPU, "lbfgs") == "fp32"  # its line search was not measured in bf16
     assert resolve_precision("auto", torch.device("cuda")) == "fp32"  # bf16 was slower on an H200
     assert resolve_precision("fp16", CPU) == "fp16"
     assert resolve_precision("fp32", CPU) == "fp32"
     assert resolve_precision("bf16", CPU, "lbfgs") == "bf16"
 
 
-def test_cpu_has_bf16_reads_torch():
-    assert engine.cpu_has_bf16() == (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+def test_cpu_has_amx_asks_torch_else_reads_the_cpu_flags(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert engine.cpu_has_amx() is True
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert engine.cpu_has_amx() is False
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")  # an older torch
+    for cpuinfo, expected in (("flags\t\t: fpu avx512_bf16 amx_bf16 amx_tile\n", True),
+                              ("processor : 0\nflags\t\t: fpu avx512_bf16\n", False)):
+        monkeypatch.setattr(engine, "open", lambda *args, text=cpuinfo: io.StringIO(text), raising=False)
+        assert engine.cpu_has_amx() is expected
+
+    def unreadable(*args):
+        raise OSError("no /proc here")
+    monkeypatch.setattr(engine, "open", unreadable, raising=False)
+    assert engine.cpu_has_amx() is False
 
 
-def test_resumed_run_keeps_the_precision_it_started_with(monkeypatch):
-    monkeypatch.setattr(engine, "cpu_has_bf16", lambda: True)
+def test_resumed_run_keeps_the_precision_it_started_with(monkeypatch, tmp_path):
     cfg = parse_args([])[0]
-    assert train.run_precision(cfg, CPU, None) == "bf16"
-    assert train.run_precision(cfg, CPU, {"resolved_precision": "fp32"}) == "fp32"
+    monkeypatch.setattr(engine, "cpu_has_amx", lambda: False)
     assert train.run_precision(cfg, CPU, {}) == "fp32"  # checkpoints from before it was recorded: auto was fp32
     assert train.run_precision(parse_args(["--precision", "bf16"])[0], CPU, {}) == "bf16"
-
-
-def test_checkpoint_records_the_resolved_precision(tmp_path):
     folder = tmp_path / "run"
-    assert run_train(*TINY_AUTO, "--epochs", "1", "--train-size", "64", "--save-dir", folder).returncode == 0
-    saved = torch.load(folder / "checkpoint.pt", weights_only=True)["resolved_precision"]
-    assert saved == json.loads((folder / "config.json").read_text())["resolved_precision"] == \
-        resolve_precision("auto", CPU)
+    monkeypatch.setattr(engine, "cpu_has_amx", lambda: True)  # started where auto means bf16 ...
+    assert train.main([*TINY_AUTO, "--epochs", "1", "--train-size", "64", "--save-dir", str(folder)]) == 0
+    monkeypatch.setattr(engine, "cpu_has_amx", lambda: False)  # ... resumed where it means fp32
+    assert train.main(["--resume", str(folder), "--epochs", "2", "--no-progress"]) == 0
+    assert json.loads((folder / "config.json").read_text())["resolved_precision"] == "bf16"
+    assert torch.load(folder / "checkpoint.pt", weights_only=True)["resolved_precision"] == "bf16"
+    assert [row["epoch"] for row in read_csv(folder / "history.csv")] == ["1", "2"]
 
 
 def test_bf16_step_keeps_batchnorm_and_loss_in_fp32_and_tracks_the_fp32_step():
