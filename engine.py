@@ -19,8 +19,8 @@ from resnet import is_batchnorm
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # What --precision auto means: a lower precision only where its accuracy parity with fp32 was measured and
 # it is faster (BENCHMARKS.md). On a CPU with AMX (bf16 matrix tiles) bf16 autocast ran the BN-only step
-# 1.6-1.8x faster than fp32, and over 6 seeds its 3-epoch val accuracy was 0.28 points above fp32's on
-# average (the mean is within the 0.5 allowed; the 95 % interval, -0.75 to +1.31, is wide). On a CPU with
+# 1.6-1.8x faster than fp32, and over 11 seeds its 3-epoch val accuracy was 0.09 points below fp32's on
+# average (the mean is within the 0.5 allowed; the 95 % interval, -0.81 to +0.63, is wide). On a CPU with
 # AVX512-BF16 but no AMX it was 0.87 points below (3 seeds), so those stay fp32, as do CPUs that emulate
 # bf16. Parity was measured with SGD; the other first-order optimizers take the same gradients. L-BFGS's
 # line search compares loss values between evaluations and was not measured: fp32. On an H200 bf16 kept
