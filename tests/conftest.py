@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 # A tiny, fast synthetic run: ResNet-20, 256 training and 64 test images. TINY_AUTO leaves --precision at
-# auto, which depends on the machine's CPU (bf16 where it has bf16 instructions); TINY pins fp32, so tests
+# auto, which depends on the machine's CPU (bf16 where it has AMX); TINY pins fp32, so tests
 # that compare runs number for number pass on every machine.
 TINY_AUTO = ["--dataset", "synthetic", "-a", "resnet20", "--train-size", "256", "--test-size", "64",
              "-b", "64", "--no-progress"]
