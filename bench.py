@@ -2,6 +2,7 @@
 
     python bench.py --data-dir /tmp/cifar10-jpeg              # everything (about 20 minutes on 2 CPU cores)
     python bench.py --data-dir /tmp/cifar10-jpeg --quick      # a 10,000-image subset, for a first look
+    python bench.py --data-dir /tmp/cifar10-jpeg --repeats 3  # whole runs in 3 interleaved rounds: medians
     python bench.py --data-dir /tmp/cifar10-jpeg --device cuda --lbfgs-train-size 0   # on a GPU, no L-BFGS part
 
 DATA_DIR holds train/<class>/*.jpg (e.g. the JPEG CIFAR-10 of ../shared/data). Measured:
@@ -12,12 +13,15 @@ DATA_DIR holds train/<class>/*.jpg (e.g. the JPEG CIFAR-10 of ../shared/data). M
   all counted: the classic recipe (torchvision ImageFolder + PIL transforms + DataLoader with 2 workers +
   eager fp32 NCHW, the same model and SGD) against `train.py`, for BN-only and full training, batch 128;
 - L-BFGS against SGD: seconds and forward+backward passes per epoch.
+A lower precision the CPU has no instructions for (bf16 without AVX512-BF16 or AMX) is left out: emulated,
+it runs many times slower than fp32.
 """
 
 import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,7 +30,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from engine import Compute, cpu_has_amx, resolve_precision, sgd_step
+from engine import Compute, cpu_emulates, cpu_has_amx, resolve_precision, sgd_step
 from resnet import build_model, freeze
 
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -239,6 +243,32 @@ def startup_parts(data_dir: str, device: torch.device) -> dict:
     return {"import": float(out), "cache_load": loaded - start, "model_build": time.perf_counter() - loaded}
 
 
+def summarise_rounds(rounds: list) -> list:
+    """Whole runs repeated in interleaved rounds -> one summary per pipeline, in the rounds' order.
+
+    `rounds` holds one list per round of (name, result) with the classic recipe first, where a result has
+    "images" and "wall". A pipeline's columns come from its median-rate run (the lower middle for an even
+    count), so they all belong to one real run. Its ratio to the classic recipe is the median of the
+    per-round ratios: each run against the classic run of the same round, which cancels the machine's
+    drift between rounds (10-21 % on machine B)."""
+    summaries = []
+    for i, (name, _) in enumerate(rounds[0]):
+        runs = [r[i][1] for r in rounds]
+        rates = [run["images"] / run["wall"] for run in runs]
+        ratios = [rate / (r[0][1]["images"] / r[0][1]["wall"]) for rate, r in zip(rates, rounds)]
+        median_run = runs[rates.index(statistics.median_low(rates))]
+        summaries.append({"name": name, "run": median_run, "rate": statistics.median_low(rates),
+                          "ratio": statistics.median(ratios), "ratios": ratios})
+    return summaries
+
+
+def ratio_text(summary: dict) -> str:
+    """"2.21x", or with several rounds "2.21x (2.18-2.27)": the median and the range of the per-round ratios."""
+    ratios = summary["ratios"]
+    spread = f" ({min(ratios):.2f}-{max(ratios):.2f})" if len(ratios) > 1 else ""
+    return f"{summary['ratio']:.2f}x{spread}"
+
+
 # ---------------------------------------------------------------- report
 
 def machine(device: torch.device) -> str:
@@ -248,7 +278,12 @@ def machine(device: torch.device) -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    cpu += " (AMX: bf16 matrix tiles)" if cpu_has_amx() else " (no AMX)"
+    if cpu_has_amx():
+        cpu += " (AMX: bf16 matrix tiles)"
+    elif cpu_emulates("bf16"):
+        cpu += " (no bf16 instructions: AVX512-BF16 and AMX absent)"
+    else:
+        cpu += " (no AMX)"
     gpu = f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda}), " if device.type == "cuda" else ""
     return (f"{gpu}{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
             f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}")
@@ -283,6 +318,8 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", required=True, help="folder with train/<class>/*.jpg")
     parser.add_argument("--quick", action="store_true", help="whole runs on 10,000 training images")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="rounds of whole runs, interleaved; the table shows medians (default: 1)")
     parser.add_argument("--lbfgs-train-size", type=int, default=10000,
                         help="images per L-BFGS/SGD epoch; 0 leaves that comparison out")
     parser.add_argument("--classic", choices=("bn", "all"), help=argparse.SUPPRESS)  # the child process
@@ -291,6 +328,9 @@ def main(argv=None) -> int:
     if not os.path.isdir(os.path.join(args.data_dir, "train")):
         print(f"bench.py: error: no train/ folder in {args.data_dir}; point --data-dir at an ImageFolder root",
               file=sys.stderr)
+        return 2
+    if args.repeats < 1:
+        print(f"bench.py: error: --repeats must be at least 1, got {args.repeats}", file=sys.stderr)
         return 2
     device = bench_device(args.device)
     if device is None:
@@ -301,51 +341,61 @@ def main(argv=None) -> int:
     train_size = 10000 if args.quick else None
     default = Compute(device, resolve_precision("auto", device), channels_last=True)
     other = "fp32" if default.precision == "bf16" else "bf16"  # the precision the default is not
-    steps = {"classic": Compute(device), "default": default, other: Compute(device, other, channels_last=True)}
-    print(f"machine: {machine(device)}\ndefault precision on {device.type}: {default.precision}, channels-last\n",
+    emulated = device.type == "cpu" and cpu_emulates(other)
+    steps = {"classic": Compute(device), "default": default}
+    steps.update({} if emulated else {other: Compute(device, other, channels_last=True)})
+    print(f"machine: {machine(device)}\ndefault precision on {device.type}: {default.precision}, channels-last",
           flush=True)
+    if emulated:
+        print(f"{other}: left out, this CPU has no {other} instructions (torch emulates it, many times slower)")
+    print(flush=True)
 
-    peak = {"fp32": matmul_peak(torch.float32, device), "bf16": matmul_peak(torch.bfloat16, device)}
+    peak = {p: matmul_peak({"fp32": torch.float32, "bf16": torch.bfloat16}[p], device)
+            for p in {step.precision for step in steps.values()}}
     flops = {t: step_flops(t) for t in ("bn", "all")}
     bare = {(t, name): best_rate(make_step(t, compute), BATCH, device=device)
             for t in ("bn", "all") for name, compute in steps.items()}
-    data_ms = {name: data_path_ms(steps[name]) for name in ("default", other)}
-    eval_10k = {name: eval_seconds(steps[name]) for name in ("default", other)}
+    measured = [name for name in ("default", other) if name in steps]
+    data_ms = {name: data_path_ms(steps[name]) for name in measured}
+    eval_10k = {name: eval_seconds(steps[name]) for name in measured}
     startup = startup_parts(args.data_dir, device)
-    print(f"matmul peak: {peak['fp32']:.0f} GFLOP/s fp32, {peak['bf16']:.0f} GFLOP/s bf16")
+    print("matmul peak: " + ", ".join(f"{peak[p]:.0f} GFLOP/s {p}" for p in sorted(peak, reverse=True)))
     print(f"step FLOPs per image: BN-only {flops['bn'] / 1e6:.0f} M, full {flops['all'] / 1e6:.0f} M")
     print(f"start-up: imports {startup['import']:.2f} s, cached image load {startup['cache_load']:.2f} s, "
           f"model build {startup['model_build']:.3f} s", flush=True)
 
     rows = []
     for t in ("bn", "all"):
-        whole = [("classic recipe (ImageFolder, PIL, DataLoader x2, fp32 NCHW)", "fp32",
-                  classic_whole_run(args.data_dir, t, train_size, device)),
-                 (f"train.py (default: {default.precision}, channels-last)", default.precision,
-                  project_whole_run(args.data_dir, t, train_size, [], device)),
-                 (f"train.py --precision {other}", other,
-                  project_whole_run(args.data_dir, t, train_size, ["--precision", other], device))]
+        pipelines = [("classic recipe (ImageFolder, PIL, DataLoader x2, fp32 NCHW)", "fp32",
+                      lambda: classic_whole_run(args.data_dir, t, train_size, device)),
+                     (f"train.py (default: {default.precision}, channels-last)", default.precision,
+                      lambda: project_whole_run(args.data_dir, t, train_size, [], device))]
+        if not emulated:
+            pipelines.append((f"train.py --precision {other}", other,
+                              lambda: project_whole_run(args.data_dir, t, train_size, ["--precision", other], device)))
+        rounds = [[(name, run()) for name, _, run in pipelines] for _ in range(args.repeats)]
         base = None
-        for name, precision, r in whole:
-            rate = r["images"] / r["wall"]
+        for (_, precision, _), summary in zip(pipelines, summarise_rounds(rounds)):
+            r, rate = summary["run"], summary["rate"]
             base = base or rate
-            rows.append([t, name, f"{rate:.0f}", f"{rate / base:.2f}x", f"{r['images'] / r['train_seconds']:.0f}",
+            rows.append([t, summary["name"], f"{rate:.0f}", ratio_text(summary),
+                         f"{r['images'] / r['train_seconds']:.0f}",
                          f"{100 * rate * flops[t] / 1e9 / peak[precision]:.1f} %", f"{r['startup_seconds']:.1f}",
                          f"{r['eval_seconds']:.1f}", f"{r['wall']:.0f}", f"{r['rss_mib']:.0f}", f"{r['val_acc']:.2f}"])
         for name, compute in steps.items():
             rate = bare[(t, name)]
-            peak_used = peak[compute.precision]
             rows.append([t, f"bare step, synthetic tensors ({name}: {compute.precision}, "
                             f"{'channels-last' if compute.channels_last else 'NCHW'})", f"{rate:.0f}",
                          f"{rate / base:.2f}x", "",
-                         f"{100 * rate * flops[t] / 1e9 / peak_used:.1f} %", "", "", "", "", ""])
+                         f"{100 * rate * flops[t] / 1e9 / peak[compute.precision]:.1f} %", "", "", "", "", ""])
         print(flush=True)
+    rounds_text = f"; median of {args.repeats} interleaved rounds" if args.repeats > 1 else ""
     print(f"\n## Whole runs: 1 epoch ({'10,000' if train_size else 'all 45,000'} training images) + 5,000 val, "
-          f"batch {BATCH}, SGD\n")
+          f"batch {BATCH}, SGD{rounds_text}\n")
     print(table(["trained", "pipeline", "img/s (whole run)", "vs classic", "img/s (training loop)", "% of peak",
                  "start-up + exit s", "eval s", "wall s", "peak RSS MiB", "val acc"], rows))
     print()
-    for name in ("default", other):
+    for name in measured:
         step_ms = 1000 * BATCH / bare[("bn", name)]
         epoch_50k = 50000 / bare[("bn", name)]
         print(f"{name} ({steps[name].precision}): data path {data_ms[name]:.2f} ms per batch of {BATCH} = "

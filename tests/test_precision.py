@@ -66,6 +66,37 @@ def test_cpu_has_amx_asks_torch_else_reads_the_cpu_flags(monkeypatch):
     assert engine.cpu_has_amx() is False
 
 
+AVX2_ONLY = "processor\t: 0\nflags\t\t: fpu sse2 avx fma avx2\n"  # e.g. AMD EPYC Zen 3
+
+
+@pytest.mark.parametrize("cpuinfo, emulated", [
+    (AVX2_ONLY, {"bf16", "fp16"}),
+    ("flags\t\t: fpu avx2 avx512f avx512_bf16\n", {"fp16"}),  # AVX512-BF16, no fp16 instructions
+    ("flags\t\t: fpu avx2 avx512_bf16 avx512_fp16 amx_bf16 amx_tile\n", set()),
+    ("processor\t: 0\nFeatures\t: fp asimd bf16\n", set()),  # not x86: cannot tell, no claim
+])
+def test_cpu_emulates_reads_the_x86_flags(monkeypatch, cpuinfo, emulated):
+    monkeypatch.setattr(engine, "open", lambda *args: io.StringIO(cpuinfo), raising=False)
+    assert {p for p in ("fp32", "bf16", "fp16") if engine.cpu_emulates(p)} == emulated
+
+
+def test_cpu_emulates_nothing_where_the_flags_cannot_be_read(monkeypatch):
+    def unreadable(*args):
+        raise OSError("no /proc here")
+    monkeypatch.setattr(engine, "open", unreadable, raising=False)
+    assert not any(engine.cpu_emulates(p) for p in ("fp32", "bf16", "fp16"))
+
+
+@pytest.mark.parametrize("precision, noted", [("bf16", True), ("fp32", False)])
+def test_run_notes_an_emulated_precision(monkeypatch, capsys, tmp_path, precision, noted):
+    monkeypatch.setattr(engine, "open", lambda *args: io.StringIO(AVX2_ONLY), raising=False)
+    args = [*TINY_AUTO, "--epochs", "1", "--train-size", "64", "--precision", precision]
+    assert train.main([*args, "--save-dir", str(tmp_path / "run")]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "emulates" in line]
+    assert len(notes) == int(noted)
+    assert not noted or notes[0].startswith("note: this CPU has no bf16 instructions (avx512_bf16 or amx_bf16)")
+
+
 def test_resumed_run_keeps_the_precision_it_started_with(monkeypatch, tmp_path):
     cfg = parse_args([])[0]
     monkeypatch.setattr(engine, "cpu_has_amx", lambda: False)
