@@ -351,7 +351,7 @@ def main(argv=None) -> int:
     print(flush=True)
 
     peak = {p: matmul_peak({"fp32": torch.float32, "bf16": torch.bfloat16}[p], device)
-            for p in {step.precision for step in steps.values()}}
+            for p in sorted({step.precision for step in steps.values()}, reverse=True)}
     flops = {t: step_flops(t) for t in ("bn", "all")}
     bare = {(t, name): best_rate(make_step(t, compute), BATCH, device=device)
             for t in ("bn", "all") for name, compute in steps.items()}
@@ -364,7 +364,7 @@ def main(argv=None) -> int:
     print(f"start-up: imports {startup['import']:.2f} s, cached image load {startup['cache_load']:.2f} s, "
           f"model build {startup['model_build']:.3f} s", flush=True)
 
-    rows = []
+    rows, round_lines = [], []
     for t in ("bn", "all"):
         pipelines = [("classic recipe (ImageFolder, PIL, DataLoader x2, fp32 NCHW)", "fp32",
                       lambda: classic_whole_run(args.data_dir, t, train_size, device)),
@@ -374,6 +374,8 @@ def main(argv=None) -> int:
             pipelines.append((f"train.py --precision {other}", other,
                               lambda: project_whole_run(args.data_dir, t, train_size, ["--precision", other], device)))
         rounds = [[(name, run()) for name, _, run in pipelines] for _ in range(args.repeats)]
+        round_lines += [f"{t}, round {i + 1}: " + "; ".join(f"{name.split(' (')[0]} {r['images'] / r['wall']:.0f} img/s"
+                                                           for name, r in one) for i, one in enumerate(rounds)]
         base = None
         for (_, precision, _), summary in zip(pipelines, summarise_rounds(rounds)):
             r, rate = summary["run"], summary["rate"]
@@ -389,12 +391,16 @@ def main(argv=None) -> int:
                          f"{rate / base:.2f}x", "",
                          f"{100 * rate * flops[t] / 1e9 / peak[compute.precision]:.1f} %", "", "", "", "", ""])
         print(flush=True)
-    rounds_text = f"; median of {args.repeats} interleaved rounds" if args.repeats > 1 else ""
+    two = args.repeats == 2
+    rounds_text = "" if args.repeats == 1 else (
+        f"; {args.repeats} interleaved rounds: img/s and the other columns from each pipeline's median-rate run"
+        f"{' (the slower of the two)' if two else ''}, vs classic = the median of the same-round ratios"
+        f"{' (of two: their mean)' if two else ''} and their range")
     print(f"\n## Whole runs: 1 epoch ({'10,000' if train_size else 'all 45,000'} training images) + 5,000 val, "
           f"batch {BATCH}, SGD{rounds_text}\n")
     print(table(["trained", "pipeline", "img/s (whole run)", "vs classic", "img/s (training loop)", "% of peak",
                  "start-up + exit s", "eval s", "wall s", "peak RSS MiB", "val acc"], rows))
-    print()
+    print("\n" + "\n".join(round_lines) + "\n" if args.repeats > 1 else "")
     for name in measured:
         step_ms = 1000 * BATCH / bare[("bn", name)]
         epoch_50k = 50000 / bare[("bn", name)]

@@ -330,8 +330,8 @@ def train(cfg: Config, ex: Experiment, device: torch.device) -> int:
     precision = ex.compute.precision
     if device.type == "cpu" and cpu_emulates(precision):
         say(f"note: this CPU has no {precision} instructions ({' or '.join(NATIVE_CPU_FLAGS[precision])}), so torch "
-            f"emulates it: the BN-only step ran 14-16x slower than in fp32 on such a CPU; --precision fp32 is faster",
-            file=sys.stderr)
+            f"emulates it, many times slower than fp32 (a BN-only step: 14-16x on an AVX2-only CPU); "
+            f"--precision fp32 is faster", file=sys.stderr)
     checkpoint_file = os.path.join(cfg.save_dir, "checkpoint.pt")
     last_save, saved_epoch = time.monotonic(), None
 

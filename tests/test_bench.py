@@ -55,18 +55,20 @@ def test_best_rate_is_the_fastest_timing_and_waits_for_the_device(monkeypatch):
 
 
 def test_summarise_rounds_takes_medians_of_same_round_ratios():
-    """Three rounds on a machine that slows down by 20 % and then speeds up: each round's ratio is the
-    same, so the median ratio is exact even though no rate is; the columns come from the median-rate run."""
+    """Three rounds whose median classic and median fast runs come from different rounds: the ratio is
+    the median of the same-round ratios (2.0, 2.5, 2.8 -> 2.5), not the ratio of the medians (600 / 250 =
+    2.4); the rate and the other columns come from the median-rate run."""
     def run(rate, tag):
         return {"images": 1000, "wall": 1000 / rate, "tag": tag}
-    rounds = [[("classic", run(300 * f, f"c{i}")), ("fast", run(690 * f, f"f{i}"))]
-              for i, f in enumerate((1.0, 0.8, 1.1))]
+    rounds = [[("classic", run(classic, f"c{i}")), ("fast", run(fast, f"f{i}"))]
+              for i, (classic, fast) in enumerate(((300, 600), (200, 500), (250, 700)))]
     classic, fast = bench.summarise_rounds(rounds)
     assert [classic["name"], fast["name"]] == ["classic", "fast"]
-    assert classic["ratio"] == pytest.approx(1.0) and fast["ratio"] == pytest.approx(2.3)
-    assert fast["ratios"] == pytest.approx([2.3, 2.3, 2.3])
-    assert fast["rate"] == pytest.approx(690) and fast["run"]["tag"] == "f0"  # 552 < 690 < 759
-    assert bench.ratio_text(fast) == "2.30x (2.30-2.30)"
+    assert classic["ratio"] == pytest.approx(1.0) and fast["ratio"] == pytest.approx(2.5)
+    assert fast["ratios"] == pytest.approx([2.0, 2.5, 2.8])
+    assert fast["rate"] == pytest.approx(600) and fast["run"]["tag"] == "f0"
+    assert classic["rate"] == pytest.approx(250) and classic["run"]["tag"] == "c2"
+    assert bench.ratio_text(fast) == "2.50x (2.00-2.80)"
 
 
 def test_summarise_rounds_of_one_round_and_of_two():
@@ -85,3 +87,44 @@ def test_repeats_below_one_is_a_one_line_error(image_root, capsys):
     assert bench.main(["--data-dir", image_root, "--repeats", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["bench.py: error: --repeats must be at least 1, got 0"]
+
+
+@pytest.mark.parametrize("emulated", [True, False])
+def test_main_interleaves_rounds_and_leaves_an_emulated_bf16_out(monkeypatch, capsys, image_root, emulated):
+    """bench.main with every measurement faked: the whole runs go classic, default[, bf16] per round, and
+    where the CPU emulates bf16 there is no bf16 row, run or matmul peak."""
+    calls, peaks = [], []
+    monkeypatch.setattr(bench, "resolve_precision", lambda precision, device: "fp32")
+    monkeypatch.setattr(bench, "cpu_emulates", lambda precision: emulated and precision != "fp32")
+    monkeypatch.setattr(bench, "matmul_peak", lambda dtype, device: peaks.append(dtype) or 100.0)
+    monkeypatch.setattr(bench, "step_flops", lambda trainable: 1e8)
+    monkeypatch.setattr(bench, "make_step", lambda trainable, compute: compute.precision)
+    monkeypatch.setattr(bench, "best_rate", lambda step, items, device=None: {"fp32": 300.0, "bf16": 600.0}[step])
+    monkeypatch.setattr(bench, "data_path_ms", lambda compute: 1.0)
+    monkeypatch.setattr(bench, "eval_seconds", lambda compute: 2.0)
+    parts = {"import": 1.0, "cache_load": 0.5, "model_build": 0.01}
+    monkeypatch.setattr(bench, "startup_parts", lambda data_dir, device: parts)
+    run = {"images": 1000, "train_seconds": 3.0, "eval_seconds": 1.0, "startup_seconds": 1.0, "rss_mib": 900.0,
+           "val_acc": 10.0}
+
+    def classic(data_dir, trainable, train_size, device):
+        calls.append(("classic", trainable))
+        return {**run, "wall": 5.0}
+
+    def project(data_dir, trainable, train_size, extra, device):
+        calls.append((" ".join(extra) or "default", trainable))
+        return {**run, "wall": 2.0 if not extra else 1.0}
+    monkeypatch.setattr(bench, "classic_whole_run", classic)
+    monkeypatch.setattr(bench, "project_whole_run", project)
+    assert bench.main(["--data-dir", image_root, "--repeats", "2", "--lbfgs-train-size", "0"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| bn") or line.startswith("| all")]
+    pipelines = ["classic", "default"] + ([] if emulated else ["--precision bf16"])
+    assert calls == [(p, t) for t in ("bn", "all") for _ in range(2) for p in pipelines]
+    assert peaks == ([torch.float32] if emulated else [torch.float32, torch.bfloat16])
+    assert len(rows) == 2 * 2 * len(pipelines)  # per trained: the whole runs, then the bare steps of the same three
+    assert "| bn | train.py (default: fp32, channels-last) | 500 | 2.50x (2.50-2.50) |" in out
+    assert ("bf16: left out" in out) == emulated
+    assert any("bf16" in row for row in rows) != emulated
+    assert emulated or "| bn | train.py --precision bf16 | 1000 | 5.00x (5.00-5.00) |" in out
+    assert "bn, round 2: classic recipe 200 img/s; train.py 500 img/s" in out

@@ -87,14 +87,15 @@ def test_cpu_emulates_nothing_where_the_flags_cannot_be_read(monkeypatch):
     assert not any(engine.cpu_emulates(p) for p in ("fp32", "bf16", "fp16"))
 
 
-@pytest.mark.parametrize("precision, noted", [("bf16", True), ("fp32", False)])
+@pytest.mark.parametrize("precision, noted", [("bf16", True), ("fp16", True), ("fp32", False)])
 def test_run_notes_an_emulated_precision(monkeypatch, capsys, tmp_path, precision, noted):
     monkeypatch.setattr(engine, "open", lambda *args: io.StringIO(AVX2_ONLY), raising=False)
     args = [*TINY_AUTO, "--epochs", "1", "--train-size", "64", "--precision", precision]
     assert train.main([*args, "--save-dir", str(tmp_path / "run")]) == 0
     notes = [line for line in capsys.readouterr().err.splitlines() if "emulates" in line]
     assert len(notes) == int(noted)
-    assert not noted or notes[0].startswith("note: this CPU has no bf16 instructions (avx512_bf16 or amx_bf16)")
+    flags = {"bf16": "avx512_bf16 or amx_bf16", "fp16": "avx512_fp16 or amx_fp16"}.get(precision)
+    assert not noted or notes[0].startswith(f"note: this CPU has no {precision} instructions ({flags})")
 
 
 def test_resumed_run_keeps_the_precision_it_started_with(monkeypatch, tmp_path):
