@@ -30,7 +30,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from engine import Compute, cpu_emulates, cpu_has_amx, resolve_precision, sgd_step
+from engine import AUTOCAST_DTYPES, Compute, cpu_emulates, cpu_has_amx, resolve_precision, sgd_step
 from resnet import build_model, freeze
 
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -256,8 +256,8 @@ def summarise_rounds(rounds: list) -> list:
         runs = [r[i][1] for r in rounds]
         rates = [run["images"] / run["wall"] for run in runs]
         ratios = [rate / (r[0][1]["images"] / r[0][1]["wall"]) for rate, r in zip(rates, rounds)]
-        median_run = runs[rates.index(statistics.median_low(rates))]
-        summaries.append({"name": name, "run": median_run, "rate": statistics.median_low(rates),
+        median_rate = statistics.median_low(rates)
+        summaries.append({"name": name, "run": runs[rates.index(median_rate)], "rate": median_rate,
                           "ratio": statistics.median(ratios), "ratios": ratios})
     return summaries
 
@@ -341,16 +341,17 @@ def main(argv=None) -> int:
     train_size = 10000 if args.quick else None
     default = Compute(device, resolve_precision("auto", device), channels_last=True)
     other = "fp32" if default.precision == "bf16" else "bf16"  # the precision the default is not
-    emulated = device.type == "cpu" and cpu_emulates(other)
+    other_step = Compute(device, other, channels_last=True)
+    emulated = other_step.emulated()
     steps = {"classic": Compute(device), "default": default}
-    steps.update({} if emulated else {other: Compute(device, other, channels_last=True)})
+    steps.update({} if emulated else {other: other_step})
     print(f"machine: {machine(device)}\ndefault precision on {device.type}: {default.precision}, channels-last",
           flush=True)
     if emulated:
         print(f"{other}: left out, this CPU has no {other} instructions (torch emulates it, many times slower)")
     print(flush=True)
 
-    peak = {p: matmul_peak({"fp32": torch.float32, "bf16": torch.bfloat16}[p], device)
+    peak = {p: matmul_peak(AUTOCAST_DTYPES.get(p, torch.float32), device)
             for p in sorted({step.precision for step in steps.values()}, reverse=True)}
     flops = {t: step_flops(t) for t in ("bn", "all")}
     bare = {(t, name): best_rate(make_step(t, compute), BATCH, device=device)
@@ -359,7 +360,7 @@ def main(argv=None) -> int:
     data_ms = {name: data_path_ms(steps[name]) for name in measured}
     eval_10k = {name: eval_seconds(steps[name]) for name in measured}
     startup = startup_parts(args.data_dir, device)
-    print("matmul peak: " + ", ".join(f"{peak[p]:.0f} GFLOP/s {p}" for p in sorted(peak, reverse=True)))
+    print("matmul peak: " + ", ".join(f"{gflops:.0f} GFLOP/s {p}" for p, gflops in peak.items()))
     print(f"step FLOPs per image: BN-only {flops['bn'] / 1e6:.0f} M, full {flops['all'] / 1e6:.0f} M")
     print(f"start-up: imports {startup['import']:.2f} s, cached image load {startup['cache_load']:.2f} s, "
           f"model build {startup['model_build']:.3f} s", flush=True)

@@ -90,6 +90,10 @@ class Compute:
         x = normalize(images, *stats)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
+    def emulated(self) -> bool:
+        """Whether this run's precision is emulated here: a lower precision on a CPU without its instructions."""
+        return self.device.type == "cpu" and cpu_emulates(self.precision)
+
     def grad_scaler(self):
         """Loss scaling for fp16; None for the other precisions, which need none."""
         return torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None

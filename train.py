@@ -25,7 +25,7 @@ from distributed import World, any_rank, broadcast_value, world_from_env
 from config import FIELDS, RUNTIME_SETTINGS, Config, ConfigError, fail, parse_args, phase_at, resolve, to_dict
 from data import load_dataset
 from engine import (NATIVE_CPU_FLAGS, Compute, TrainingDiverged, all_finite, build_optimizer, build_scheduler,
-                    cpu_emulates, evaluate, job_sums, recalibrate_bn, resolve_precision, train_one_epoch)
+                    evaluate, job_sums, recalibrate_bn, resolve_precision, train_one_epoch)
 from resnet import build_model, count_parameters, freeze, select_parameters
 from runfiles import (RUN_FILES, CheckpointError, check_save_dir, checkpoint_path, load_checkpoint, rng_state,
                       save_checkpoint, set_rng_state, summarize, write_history, write_json)
@@ -328,7 +328,7 @@ def train(cfg: Config, ex: Experiment, device: torch.device) -> int:
     if "test" not in ex.splits and "val" not in ex.splits:
         say("note: no test split and no --val-split: only training metrics are recorded", file=sys.stderr)
     precision = ex.compute.precision
-    if device.type == "cpu" and cpu_emulates(precision):
+    if ex.compute.emulated():
         say(f"note: this CPU has no {precision} instructions ({' or '.join(NATIVE_CPU_FLAGS[precision])}), so torch "
             f"emulates it, many times slower than fp32 (a BN-only step: 14-16x on an AVX2-only CPU); "
             f"--precision fp32 is faster", file=sys.stderr)
