@@ -14,6 +14,7 @@ TEXT_COLUMNS = ("phase",)  # history columns kept as text, never averaged
 ACC_DECIMALS = 2  # percent
 LOSS_DECIMALS = 4
 PASSES_DECIMALS = 0
+IMAGE_PASSES_DECIMALS = 3  # millions
 MISSING = "–"  # a table cell for a metric the runs did not record
 
 
@@ -116,12 +117,14 @@ def run_metrics(history, split):
     accuracy and loss, and its total passes (None where a column is missing)."""
     held_out = history.get(f"{split}_acc") if split else None
     passes = history.get("passes")
+    spent = history.get("image_passes")
     return {
         "final_acc": held_out[-1] if held_out else None,
         "best_acc": finite_max(held_out) if held_out else None,
         "final_train_acc": history["train_acc"][-1],
         "final_train_loss": history["train_loss"][-1],
         "passes": sum(value for value in passes if not math.isnan(value)) if passes else None,
+        "image_passes": spent[-1] / 1e6 if spent else None,
     }
 
 
@@ -144,7 +147,7 @@ def group_cells(label, histories):
     split = held_out_split(histories)
     metrics = [run_metrics(truncate(history, length), split) for history in histories]
     decimals = {"final_acc": ACC_DECIMALS, "best_acc": ACC_DECIMALS, "final_train_acc": ACC_DECIMALS,
-                "final_train_loss": LOSS_DECIMALS, "passes": PASSES_DECIMALS}
+                "final_train_loss": LOSS_DECIMALS, "passes": PASSES_DECIMALS, "image_passes": IMAGE_PASSES_DECIMALS}
     cells = [label.replace("|", "\\|"), str(len(histories)), str(length)]
     cells += [format_mean_std([each[key] for each in metrics], places) for key, places in decimals.items()]
     return cells, split
@@ -154,7 +157,8 @@ def markdown_table(groups):
     """Return a markdown table with one row per (label, [history per run]) pair.
 
     Columns: label, n, epochs, final and best val accuracy (test when a group has no val),
-    final train accuracy, final train loss and total passes per run, each as mean ± std.
+    final train accuracy, final train loss, total passes and image-passes (millions, see add_compute_axes)
+    per run, each as mean ± std.
     """
     rows, splits = zip(*(group_cells(label, histories) for label, histories in groups))
     held_out = f"{splits[0]}_acc" if len(set(splits)) == 1 and splits[0] else "held-out acc"
@@ -162,10 +166,57 @@ def markdown_table(groups):
         rows = [row[:3] + [f"{cell} ({split})" if split else cell for cell in row[3:5]] + row[5:]
                 for row, split in zip(rows, splits)]
     header = ["run", "n", "epochs", f"final {held_out}", f"best {held_out}", "final train_acc",
-              "final train_loss", "passes"]
+              "final train_loss", "passes", "image-passes (M)"]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- compute axes
+
+# What a forward-only image costs, in forward+backward image-passes. BN-only ResNet-32, batch 128, fp32 on
+# the CPU: a forward pass without gradient ran 555-573 img/s, a forward+backward pass 194-284 img/s
+# (Intel Xeon with AMX, 2026-12-01), a ratio of 0.34-0.51; the upper end is used, so a variant that
+# spends forward-only passes (a line search) is not flattered.
+FORWARD_ONLY_COST = 0.5
+X_AXES = {"epoch": "epoch", "image_passes": "image-passes (forward+backward; forward-only counts 1/2)",
+          "wall_seconds": "wall-clock seconds (training and evaluation)"}
+
+
+def cumulative(values):
+    """Running sums of a list of floats."""
+    total, sums = 0.0, []
+    for value in values:
+        total += value
+        sums.append(total)
+    return sums
+
+
+def add_compute_axes(history, config):
+    """Add `image_passes` and `wall_seconds` to a history: the compute spent by the end of each epoch.
+
+    image-passes = images through forward+backward + FORWARD_ONLY_COST x images through forward only.
+    Epochs from before those counters were written count `passes` x the step's global batch from the
+    config (the last, smaller batch of an epoch as a full one). Without either there is no image axis.
+    """
+    history = dict(history)
+    epochs = len(history["epoch"])
+    missing = [math.nan] * epochs
+    config = config or {}
+    batch = config.get("lbfgs_batch_size") if str(config.get("optimizer")).startswith("lbfgs") else \
+        config.get("batch_size")
+    spent = []
+    for fb, fwd, passes in zip(history.get("images_forward_backward", missing),
+                               history.get("images_forward_only", missing), history.get("passes", missing)):
+        if not math.isnan(fb):
+            spent.append(fb + FORWARD_ONLY_COST * (0.0 if math.isnan(fwd) else fwd))
+        else:  # an epoch from before the counters (e.g. of a resumed older run)
+            spent.append(passes * batch * config.get("world_size", 1) if batch else math.nan)
+    if not all(math.isnan(value) for value in spent):
+        history["image_passes"] = cumulative(spent)
+    if "epoch_seconds" in history:
+        history["wall_seconds"] = cumulative(history["epoch_seconds"])
+    return history
 
 
 # ---------------------------------------------------------------- phases

@@ -24,6 +24,29 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 # used when --lr is not given: the classic CIFAR ResNet value for SGD, torch.optim's defaults otherwise
 DEFAULT_LR = {"sgd": 0.1, "lbfgs": 1.0, "adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-2, "adagrad": 1e-2,
               "nadam": 2e-3, "radam": 1e-3}
+LBFGS_VARIANTS = ("torch", "batch", "multibatch", "hvp")
+DEFAULT_LBFGS_VARIANT = "multibatch"  # what --use-lbfgs True runs (README: L-BFGS, the measurements)
+# each variant's settings where the flag is not given; torch's are those of the runs before the variants
+LBFGS_DEFAULTS = {
+    "torch": {"lbfgs_batch_size": 512, "lbfgs_max_iter": 5, "lbfgs_history": 10, "lbfgs_line_search": "strong_wolfe",
+              "lbfgs_variance_scaling": False},
+    "batch": {"lbfgs_batch_size": 128, "lbfgs_max_iter": 2, "lbfgs_history": 7, "lbfgs_line_search": "armijo",
+              "lbfgs_variance_scaling": True},
+    "multibatch": {"lbfgs_batch_size": 256, "lbfgs_max_iter": 1, "lbfgs_history": 10, "lbfgs_line_search": "none",
+                   "lbfgs_variance_scaling": False},
+    "hvp": {"lbfgs_batch_size": 256, "lbfgs_max_iter": 1, "lbfgs_history": 10, "lbfgs_line_search": "none",
+            "lbfgs_variance_scaling": False},
+}
+
+
+# the multibatch variant's fixed step: of 0.3, 1 and 2, 2 did best in the sweep of the README's L-BFGS section
+LBFGS_LR = {"multibatch": 2.0}
+
+
+def _variant_defaults(name: str) -> str:
+    return ", ".join(f"{variant} {values[name]}" for variant, values in LBFGS_DEFAULTS.items())
+
+
 DEFAULT_BN_RECALIBRATE = {"lbfgs": 4096}  # images; used when --bn-recalibrate is not given (0 if not listed)
 
 
@@ -130,8 +153,9 @@ class Config:
     epochs: int = field(default=160, metadata=_flag("number of epochs"))
     batch_size: int = field(default=128, metadata=_flag("SGD mini-batch size (images)", "-b"))
     lr: Optional[float] = field(default=None, metadata=_flag(
-        "learning rate; for L-BFGS the initial step (default per optimizer: " +
-        ", ".join(f"{name} {lr:g}" for name, lr in DEFAULT_LR.items()) + ")"))
+        "learning rate; for L-BFGS the step, or the line search's first trial (default per optimizer: " +
+        ", ".join(f"{name} {lr:g}" for name, lr in DEFAULT_LR.items()) + "; the multibatch L-BFGS "
+        f"{LBFGS_LR['multibatch']:g})"))
     momentum: float = field(default=0.9, metadata=_flag("SGD momentum"))
     nesterov: bool = field(default=False, metadata=_flag("SGD: Nesterov momentum", type=str2bool, metavar="BOOL"))
     betas: Optional[list] = field(default=None, metadata=_flag(
@@ -154,20 +178,41 @@ class Config:
         metavar="E1,E2"))
     warmup_epochs: int = field(default=0, metadata=_flag(
         "raise the learning rate linearly over this many first epochs (of each phase) before the schedule"))
-    lbfgs_history: int = field(default=10, metadata=_flag("L-BFGS memory (number of curvature pairs)"))
-    lbfgs_max_iter: int = field(default=5, metadata=_flag("L-BFGS iterations per optimizer step (per batch)"))
+    lbfgs_variant: Optional[str] = field(default=None, metadata=_flag(
+        "L-BFGS algorithm: torch (torch.optim.LBFGS, strong-Wolfe search; its pairs mix two batches), batch "
+        "(pairs within one batch, variance-scaled Armijo backtracking), multibatch (pairs from the half "
+        "that consecutive batches share), hvp (pairs from Hessian-vector products); default " +
+        DEFAULT_LBFGS_VARIANT + " (README: L-BFGS)", choices=LBFGS_VARIANTS))
+    lbfgs_history: Optional[int] = field(default=None, metadata=_flag(
+        "L-BFGS memory, curvature pairs (default per variant: " + _variant_defaults("lbfgs_history") + ")"))
+    lbfgs_max_iter: Optional[int] = field(default=None, metadata=_flag(
+        "L-BFGS iterations per optimizer step (per batch) (default per variant: " +
+        _variant_defaults("lbfgs_max_iter") + ")"))
     lbfgs_max_eval: Optional[int] = field(default=None, metadata=_flag(
-        "L-BFGS loss evaluations per optimizer step, line-search calls included (default: torch's, "
-        "max-iter x 5/4, which can end a step before its max-iter iterations: max-iter 2 gives one)"))
-    lbfgs_batch_size: int = field(default=512, metadata=_flag("images in the fixed batch of one L-BFGS step"))
+        "torch variant: L-BFGS loss evaluations per optimizer step, line-search calls included (default: "
+        "torch's, max-iter x 5/4, which can end a step before its max-iter iterations: max-iter 2 gives one)"))
+    lbfgs_batch_size: Optional[int] = field(default=None, metadata=_flag(
+        "images in the fixed batch of one L-BFGS step; multibatch: half of them are the previous step's "
+        "(default per variant: " + _variant_defaults("lbfgs_batch_size") + ")"))
     lbfgs_chunk_size: int = field(default=0, metadata=_flag(
         "L-BFGS: evaluate the batch in chunks of this many images and sum their gradients, for batches "
         "larger than memory allows (BatchNorm normalises each chunk on its own; 0: the whole batch at once)"))
-    lbfgs_line_search: str = field(default="strong_wolfe", metadata=_flag(
-        "L-BFGS step length: strong_wolfe line search, or none (fixed steps of --lr)",
-        choices=("strong_wolfe", "none")))
+    lbfgs_line_search: Optional[str] = field(default=None, metadata=_flag(
+        "L-BFGS step length: strong_wolfe (torch variant), armijo (backtracking from lr, the others), or none "
+        "(fixed steps of --lr) (default per variant: " + _variant_defaults("lbfgs_line_search") + ")",
+        choices=("strong_wolfe", "armijo", "none")))
+    lbfgs_variance_scaling: Optional[bool] = field(default=None, metadata=_flag(
+        "stochastic variants: scale each step (the line search's first trial) by the gradients' "
+        "signal-to-noise ratio across batches, |mean|^2 / (|mean|^2 + trace of the covariance) (default per "
+        "variant: " + _variant_defaults("lbfgs_variance_scaling") + ")", type=str2bool, metavar="BOOL"))
+    lbfgs_damping: Optional[float] = field(default=None, metadata=_flag(
+        "stochastic variants: y += damping x s in every curvature pair, which bounds the inverse Hessian "
+        "by 1/damping (default 1e-6, the batch mode's, which bounds nothing in practice)"))
+    lbfgs_momentum: float = field(default=0.0, metadata=_flag(
+        "stochastic variants with --lbfgs-line-search none: apply L-BFGS to a running average of the "
+        "gradients, m = b m + (1 - b) g, instead of each batch's own (0: off)"))
     lbfgs_history_mode: str = field(default="persist", metadata=_flag(
-        "L-BFGS curvature memory across batches: persist, or reset before every batch",
+        "torch and batch variants: curvature memory across batches: persist, or reset before every batch",
         choices=("persist", "reset")))
     bn_recalibrate: Optional[int] = field(default=None, metadata=_flag(
         "before each evaluation, re-estimate BN running statistics as the plain average over N fixed "
@@ -340,8 +385,15 @@ def resolve(cfg: Config, given: set) -> Config:
             raise ConfigError(f"--half contradicts --precision {cfg.precision}; give one of them")
         cfg.precision = "fp16"
     cfg.half = cfg.precision == "fp16"
+    cfg.lbfgs_variant = cfg.lbfgs_variant or DEFAULT_LBFGS_VARIANT
     if cfg.lr is None:
-        cfg.lr = DEFAULT_LR[cfg.optimizer]
+        cfg.lr = LBFGS_LR.get(cfg.lbfgs_variant, DEFAULT_LR["lbfgs"]) if cfg.optimizer == "lbfgs" \
+            else DEFAULT_LR[cfg.optimizer]
+    for name, value in LBFGS_DEFAULTS[cfg.lbfgs_variant].items():
+        if getattr(cfg, name) is None:
+            setattr(cfg, name, value)
+    if cfg.lbfgs_variant != "torch" and cfg.lbfgs_damping is None:
+        cfg.lbfgs_damping = 1e-6
     if cfg.bn_recalibrate is None:
         cfg.bn_recalibrate = DEFAULT_BN_RECALIBRATE.get(cfg.optimizer, 0)
     if cfg.phases:
@@ -372,6 +424,7 @@ def validate(cfg: Config) -> None:
         require(getattr(cfg, name) >= 1, f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
     require(cfg.lbfgs_max_eval is None or cfg.lbfgs_max_eval >= 1,
             f"--lbfgs-max-eval must be at least 1, got {cfg.lbfgs_max_eval}")
+    validate_lbfgs(cfg, require)
     require(cfg.lbfgs_chunk_size >= 0, f"--lbfgs-chunk-size must be 0 or more, got {cfg.lbfgs_chunk_size}")
     shortest = min(epochs for _, epochs in cfg.phases) if cfg.phases else cfg.epochs
     require(0 <= cfg.warmup_epochs < shortest, f"--warmup-epochs must be at least 0 and below the "
@@ -409,6 +462,35 @@ def validate(cfg: Config) -> None:
     device = cfg.device
     require(device in ("auto", "cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit()),
             f"--device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
+
+
+def validate_lbfgs(cfg: Config, require) -> None:
+    """The L-BFGS settings that only some variants take."""
+    variant = cfg.lbfgs_variant
+    require((cfg.lbfgs_line_search == "strong_wolfe") <= (variant == "torch") and
+            (cfg.lbfgs_line_search == "armijo") <= (variant != "torch"),
+            f"--lbfgs-line-search {cfg.lbfgs_line_search} is not one of the {variant} variant's: use "
+            f"{'strong_wolfe or none' if variant == 'torch' else 'armijo or none'}")
+    require(cfg.lbfgs_max_eval is None or variant == "torch", "--lbfgs-max-eval is a setting of the torch variant")
+    require(cfg.lbfgs_history_mode == "persist" or variant in ("torch", "batch"),
+            f"--lbfgs-history-mode reset would forget the pairs the {variant} variant forms across steps; it "
+            f"is for the torch and batch variants")
+    require(cfg.lbfgs_damping is None or variant != "torch", "--lbfgs-damping is a setting of the stochastic "
+            "variants (batch, multibatch, hvp), not torch's")
+    require(cfg.lbfgs_damping is None or (math.isfinite(cfg.lbfgs_damping) and cfg.lbfgs_damping >= 0),
+            f"--lbfgs-damping must be finite and >= 0, got {cfg.lbfgs_damping}")
+    require(variant != "hvp" or not (cfg.compile or cfg.sync_bn), "the hvp variant's double backward works "
+            "neither with --compile true nor with --sync-bn true (torch differentiates neither twice)")
+    require(0 <= cfg.lbfgs_momentum < 1, f"--lbfgs-momentum must be in [0, 1), got {cfg.lbfgs_momentum}")
+    require(not cfg.lbfgs_momentum or (variant != "torch" and cfg.lbfgs_line_search == "none"),
+            "--lbfgs-momentum needs a stochastic variant (batch, multibatch, hvp) and --lbfgs-line-search none")
+    require(not cfg.lbfgs_variance_scaling or variant != "torch",
+            "--lbfgs-variance-scaling is a setting of the stochastic variants, not torch's")
+    require(variant != "batch" or cfg.lbfgs_max_iter >= 2, "the batch variant forms its curvature pairs "
+            f"between iterations on one batch: --lbfgs-max-iter must be at least 2, got {cfg.lbfgs_max_iter}")
+    require(variant != "multibatch" or (cfg.lbfgs_batch_size >= 2 and cfg.lbfgs_batch_size % 2 == 0),
+            f"the multibatch variant shares half of each batch with the next: --lbfgs-batch-size must be even, "
+            f"got {cfg.lbfgs_batch_size}")
 
 
 def to_dict(cfg: Config) -> dict:

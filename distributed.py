@@ -93,6 +93,16 @@ def all_sum(world: World, *tensors: torch.Tensor) -> list:
     return [value.to(t.device, t.dtype) for value, t in zip(stacked, tensors)]
 
 
+def all_sum_vector(world: World, vector: torch.Tensor) -> torch.Tensor:
+    """The sum over the ranks of a 1-D tensor, in float64, returned in float64 on its own device (the
+    tensor itself in a single process). Every rank gets the same bits back."""
+    if not world.active:
+        return vector.double()
+    summed = vector.detach().to(collective_device(), torch.float64)
+    dist.all_reduce(summed)
+    return summed.to(vector.device)
+
+
 def any_rank(world: World, *flags: bool) -> list:
     """For each flag, whether it is set on any rank (one collective), so all ranks decide alike."""
     if not world.active:

@@ -10,10 +10,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from batch_objective import (all_finite, batch_objective, bn_buffers, l2_penalty, lbfgs_chunks,
+                             quasi_newton_step, restore_bn_buffers)
 from config import default_milestones
 from data import augment, epoch_order, fixed_subset_index, normalize
 from distributed import World, all_sum, shard
-from resnet import is_batchnorm
+from quasi_newton import StochasticLBFGS
 
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -107,6 +109,12 @@ def build_optimizer(cfg, params: list, no_decay=()):
     """
     if not params:
         return None
+    if cfg.optimizer == "lbfgs" and cfg.lbfgs_variant != "torch":
+        pairs = {"batch": "same-batch", "multibatch": "overlap", "hvp": "hvp"}[cfg.lbfgs_variant]
+        return StochasticLBFGS(params, lr=cfg.lr, history_size=cfg.lbfgs_history, pairs=pairs,
+                               max_iter=cfg.lbfgs_max_iter, line_search=cfg.lbfgs_line_search,
+                               damping=cfg.lbfgs_damping, momentum=cfg.lbfgs_momentum,
+                               variance_scaling=cfg.lbfgs_variance_scaling)
     if cfg.optimizer == "lbfgs":  # one parameter group: LBFGS allows no more
         return torch.optim.LBFGS(params, lr=cfg.lr, max_iter=cfg.lbfgs_max_iter, max_eval=cfg.lbfgs_max_eval,
                                  history_size=cfg.lbfgs_history,
@@ -162,27 +170,6 @@ def build_scheduler(cfg, optimizer, epochs=None):
     lr_factor(0, epochs, cfg.schedule, milestones, cfg.warmup_epochs)  # an unknown schedule fails here
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda epoch: lr_factor(epoch, epochs, cfg.schedule, milestones, cfg.warmup_epochs))
-
-
-def bn_buffers(model) -> list:
-    """Copies of every BatchNorm running statistic (mean, var, num_batches_tracked)."""
-    return [b.clone() for m in model.modules() if is_batchnorm(m) for b in m.buffers()]
-
-
-def restore_bn_buffers(model, saved: list) -> None:
-    buffers = [b for m in model.modules() if is_batchnorm(m) for b in m.buffers()]
-    for buffer, value in zip(buffers, saved):
-        buffer.copy_(value)
-
-
-def all_finite(tensors) -> bool:
-    """True when every element of every tensor is finite (one host sync, however many tensors)."""
-    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
-
-
-def l2_penalty(params: list, weight_decay: float):
-    """0.5 * wd * |theta|^2: its gradient is SGD's coupled weight decay, wd * theta."""
-    return 0.5 * weight_decay * sum((p * p).sum() for p in params)
 
 
 def lbfgs_step(model, optimizer, images, labels, weight_decay: float, compute: Compute, decayed=None,
@@ -265,14 +252,6 @@ def sgd_step(model, optimizer, images, labels, compute: Compute, scaler=None, la
     return {"loss": loss.detach(), "correct": (logits.argmax(1) == labels).sum(), "passes": 1, "rolled_back": False}
 
 
-def lbfgs_chunks(batch: int, world: World, chunk_size: int) -> int:
-    """Into how many pieces each rank cuts its part of a `batch`-image L-BFGS batch: about `chunk_size`
-    images each, and the same number on every rank, whose collectives must pair up (1: no chunks)."""
-    if not chunk_size:
-        return 1
-    return max(1, math.ceil((batch // world.size) / chunk_size))
-
-
 MAX_ROLLBACKS = 5  # consecutive L-BFGS rollbacks after which training gives up
 
 
@@ -284,7 +263,8 @@ def start_epoch(n: int, generator: torch.Generator) -> dict:
     """Where an epoch stands: its image order and the sums so far. Plain data: mid-epoch checkpoints save it."""
     zero = torch.zeros((), device=generator.device)
     return {"order": epoch_order(n, generator), "step": 0, "loss_sum": zero.double(), "correct": zero.long(),
-            "images": 0, "passes": 0, "rollbacks": 0, "consecutive_rollbacks": 0, "seconds": 0.0}
+            "images": 0, "passes": 0, "rollbacks": 0, "consecutive_rollbacks": 0, "seconds": 0.0,
+            "images_forward_backward": 0, "images_forward_only": 0}
 
 
 def train_one_epoch(model, optimizer, cfg, train_split, stats, generator, epoch: int, compute: Compute,
@@ -301,8 +281,11 @@ def train_one_epoch(model, optimizer, cfg, train_split, stats, generator, epoch:
     """
     images, labels = train_split  # (N, 3, H, W) uint8 and (N,) int64, on the training device
     progress = progress or start_epoch(len(labels), generator)
+    for counter in ("images_forward_backward", "images_forward_only"):  # absent from older checkpoints
+        progress.setdefault(counter, 0)
     lbfgs = cfg.optimizer == "lbfgs" and optimizer is not None
-    batches = progress["order"].split((cfg.lbfgs_batch_size if lbfgs else cfg.batch_size) * world.size)
+    quasi_newton = lbfgs and cfg.lbfgs_variant != "torch"
+    batches = progress["order"].split(step_images(cfg, lbfgs) * world.size)
     inject_nan = injected_nan_steps(epoch)
     if lbfgs:
         decayed = split_decay(optimizer.param_groups[0]["params"], no_decay)[0]
@@ -315,33 +298,30 @@ def train_one_epoch(model, optimizer, cfg, train_split, stats, generator, epoch:
         if len(index) < world.size:  # a last global batch too small to give every rank an image
             progress["step"] = step + 1
             continue
-        part = shard(len(index), world)  # the whole batch is augmented so every rank draws the same numbers
-        x = compute.inputs(augment(images[index], generator)[part], stats)
-        if step + 1 in inject_nan:
-            x = x * float("nan")
-        y = labels[index][part]
-        share = len(y) * world.size / len(index)
-        if lbfgs:
-            if cfg.lbfgs_history_mode == "reset":  # each batch is a new problem: forget the curvature pairs
-                optimizer.state.clear()
-            result = lbfgs_step(model, optimizer, x, y, cfg.weight_decay, compute, decayed,
-                                lbfgs_chunks(len(index), world, cfg.lbfgs_chunk_size), cfg.label_smoothing, world,
-                                share)
+        if quasi_newton:
+            if cfg.lbfgs_history_mode == "reset":  # each batch starts with an empty memory
+                optimizer.forget_pairs()
+            objective = batch_objective(model, optimizer, cfg, (images[index], labels[index]), stats, generator,
+                                        compute, decayed, world, progress, poison=step + 1 in inject_nan)
+            result = quasi_newton_step(objective.model, optimizer, objective)
         else:
-            result = sgd_step(model, optimizer, x, y, compute, scaler, cfg.label_smoothing, share)
-        progress["passes"] += result["passes"]
-        if result["rolled_back"]:
-            progress["rollbacks"] += 1
-            progress["consecutive_rollbacks"] += 1
-            if progress["consecutive_rollbacks"] >= MAX_ROLLBACKS:
-                raise TrainingDiverged(f"L-BFGS gave up after {MAX_ROLLBACKS} consecutive steps with a non-finite "
-                                       f"loss (epoch {epoch}, batch {step + 1})")
-        else:
-            progress["consecutive_rollbacks"] = 0
-            progress["loss_sum"] += result["loss"].double() * len(y)
-            progress["correct"] += result["correct"]
-            progress["images"] += len(y)
-        progress["step"] = step + 1
+            part = shard(len(index), world)  # the whole batch is augmented so every rank draws the same numbers
+            x = compute.inputs(augment(images[index], generator)[part], stats)
+            if step + 1 in inject_nan:
+                x = x * float("nan")
+            y = labels[index][part]
+            share = len(y) * world.size / len(index)
+            if lbfgs:
+                if cfg.lbfgs_history_mode == "reset":  # each batch is a new problem: forget the curvature pairs
+                    optimizer.state.clear()
+                result = lbfgs_step(model, optimizer, x, y, cfg.weight_decay, compute, decayed,
+                                    lbfgs_chunks(len(index), world, cfg.lbfgs_chunk_size), cfg.label_smoothing,
+                                    world, share)
+            else:
+                result = sgd_step(model, optimizer, x, y, compute, scaler, cfg.label_smoothing, share)
+            counter = "images_forward_backward" if optimizer is not None else "images_forward_only"
+            result.update({"images": len(y), counter: result["passes"] * len(index)})
+        record_step(progress, result, epoch, step)
         progress["seconds"] += time.perf_counter() - start
         bar.update(len(index))  # the job's images (the bar is rank 0's)
         if cfg.print_freq and (step + 1) % cfg.print_freq == 0 and world.main:
@@ -353,7 +333,36 @@ def train_one_epoch(model, optimizer, cfg, train_split, stats, generator, epoch:
     n = max(images_seen, 1)
     return {"loss": loss_sum.item() / n, "acc": 100.0 * correct.item() / n,
             "passes": progress["passes"], "rollbacks": progress["rollbacks"],
+            "images_forward_backward": progress["images_forward_backward"],
+            "images_forward_only": progress["images_forward_only"],
             "images_per_second": len(labels) / max(progress["seconds"], 1e-9)}
+
+
+def step_images(cfg, lbfgs: bool) -> int:
+    """New images each optimizer step takes from the epoch's order, per process: -b, the L-BFGS batch,
+    or half of it for the multibatch variant, whose other half is the previous step's."""
+    if not lbfgs:
+        return cfg.batch_size
+    return cfg.lbfgs_batch_size // (2 if cfg.lbfgs_variant == "multibatch" else 1)
+
+
+def record_step(progress: dict, result: dict, epoch: int, step: int) -> None:
+    """Add a step's result to the epoch's sums; too many rollbacks in a row end the run."""
+    progress["passes"] += result["passes"]
+    progress["images_forward_backward"] += result.get("images_forward_backward", 0)
+    progress["images_forward_only"] += result.get("images_forward_only", 0)
+    if result["rolled_back"]:
+        progress["rollbacks"] += 1
+        progress["consecutive_rollbacks"] += 1
+        if progress["consecutive_rollbacks"] >= MAX_ROLLBACKS:
+            raise TrainingDiverged(f"L-BFGS gave up after {MAX_ROLLBACKS} consecutive steps with a non-finite "
+                                   f"loss (epoch {epoch}, batch {step + 1})")
+    else:
+        progress["consecutive_rollbacks"] = 0
+        progress["loss_sum"] += result["loss"].double() * result["images"]
+        progress["correct"] += result["correct"]
+        progress["images"] += result["images"]
+    progress["step"] = step + 1
 
 
 def job_sums(progress: dict, world: World) -> tuple:

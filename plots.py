@@ -3,6 +3,7 @@
     python plots.py RUN_DIR [RUN_DIR ...] [--out DIR]     # curves
     python plots.py RUN_DIR [RUN_DIR ...] --table          # markdown table on stdout only
     python plots.py RUN_DIR [RUN_DIR ...] --gamma [--out DIR]
+    python plots.py RUN_DIR [RUN_DIR ...] --x image_passes     # curves against compute (or wall_seconds)
 
 A run folder holds `history.csv` (one row per epoch: `epoch, lr, train_loss, train_acc,
 [val_loss, val_acc], [test_loss, test_acc], ..., [phase]`, accuracy in percent), usually
@@ -47,7 +48,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (must follow the backend choice)
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 import analysis  # noqa: E402  (pure numbers: seed statistics, table, phases, γ)
-from config import Config  # noqa: E402  (the settings' defaults)
+from config import LBFGS_DEFAULTS, Config  # noqa: E402  (the settings' defaults)
 
 # Settings that say where or how a run was executed, not what was trained.
 BOOKKEEPING_KEYS = frozenset({
@@ -64,14 +65,18 @@ SETTING_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
 # default learning rates, and are still a comparison of optimizers.
 # The same holds for the L-BFGS-only settings when only one of the runs uses L-BFGS.
 # And --phases runs: their default milestones are per phase, `phases` shows as `trainable` (with_defaults).
-FOLLOWS = {"optimizer": ("lr", "bn_recalibrate", "lbfgs_history", "lbfgs_max_iter", "lbfgs_max_eval",
+FOLLOWS = {"optimizer": ("lr", "bn_recalibrate", "lbfgs_variant", "lbfgs_history", "lbfgs_max_iter", "lbfgs_max_eval",
                          "lbfgs_batch_size", "lbfgs_chunk_size", "lbfgs_line_search", "lbfgs_history_mode"),
-           "trainable": ("phases", "milestones")}
+           "trainable": ("phases", "milestones"),
+           "lbfgs_variant": ("lbfgs_history", "lbfgs_max_iter", "lbfgs_batch_size", "lbfgs_line_search",
+                             "lbfgs_variance_scaling")}
+FOLLOWS["optimizer"] += ("lbfgs_damping", "lbfgs_momentum", "lbfgs_variance_scaling")
 REQUIRED_COLUMNS = ("epoch", "train_loss", "train_acc")
 # Numeric columns this script knows; `phase` is read as text; any other column is ignored unread.
 KNOWN_COLUMNS = REQUIRED_COLUMNS + (
     "lr", "val_loss", "val_acc", "test_loss", "test_acc",
     "epoch_seconds", "eval_seconds", "images_per_second", "passes", "rollbacks",
+    "images_forward_backward", "images_forward_only",
 )
 SPLITS = ("train", "val", "test")
 METRIC_LABELS = {"loss": "loss", "acc": "accuracy (%)"}
@@ -171,13 +176,20 @@ def read_folder(path):
 
 def with_defaults(config):
     """The settings of a config.json as compared and shown: settings added to the trainer after the run
-    was made take their defaults (an older run is not 'different' in them), and a --phases run shows
-    its phases as its `trainable` value, e.g. 'bn:5,all:155'."""
+    was made take their defaults (an older run is not 'different' in them), a --phases run shows
+    its phases as its `trainable` value, e.g. 'bn:5,all:155', and a stochastic L-BFGS variant shows as
+    its own optimizer, e.g. 'lbfgs-multibatch' (torch's L-BFGS stays 'lbfgs')."""
+    if "lbfgs_variant" not in config:  # a run from before the L-BFGS variants: its L-BFGS settings were torch's
+        config = {"lbfgs_variant": "torch", **LBFGS_DEFAULTS["torch"], **config}
     config = {**{k: v for k, v in SETTING_DEFAULTS.items() if k not in config}, **config}
     config.setdefault("resolved_precision", "fp32")  # runs from before --precision were fp32
     config.setdefault("world_size", 1)  # runs from before torchrun support had one process
     if config.get("phases"):
         config["trainable"] = ",".join(f"{mode}:{epochs}" for mode, epochs in config["phases"])
+    if config.get("optimizer") == "lbfgs" and config["lbfgs_variant"] != "torch":  # another algorithm
+        config["optimizer"] = f"lbfgs-{config['lbfgs_variant']}"
+    if not str(config.get("optimizer")).startswith("lbfgs"):  # settings it never used: runs made before and
+        config = {k: v for k, v in config.items() if not k.startswith("lbfgs_")}  # after new ones compare equal
     return config
 
 
@@ -191,7 +203,7 @@ def read_run(path):
     history_path = os.path.join(path, "history.csv")
     if not os.path.isfile(history_path):
         raise RunError(f"no history.csv in {path}; pass a folder written by the trainer")
-    return {**run, "history": read_history(history_path)}
+    return {**run, "history": analysis.add_compute_axes(read_history(history_path), run["config"])}
 
 
 def read_gamma_run(path):
@@ -421,11 +433,23 @@ def plan_comparison_plots(runs, key):
     return plots
 
 
-def plan_plots(runs):
-    """Return every plot to draw for `runs` (dicts: filename, title, ylabel, lines, phases).
+def on_axis(run, x):
+    """The run with its `epoch` column replaced by the compute axis `x` (see analysis.X_AXES), so curves,
+    seed means and phase marks follow that axis; a run without it is a RunError."""
+    if x == "epoch":
+        return run
+    if x not in run["history"]:
+        raise RunError(f"no {x.replace('_', '-')} in {run['path']} (its history.csv has no passes or "
+                       f"epoch_seconds column, or it has no config.json); plot it with --x epoch")
+    return {**run, "history": {**run["history"], "epoch": run["history"][x]}}
+
+
+def plan_plots(runs, x="epoch"):
+    """Return every plot to draw for `runs` (dicts: filename, title, xlabel, ylabel, lines, phases).
 
     Per-run plots for each run; overlays and comparisons per seed group (see `group_runs`).
-    File names are unique within the result: a later clash gets '_2', '_3', ...
+    `x` names the horizontal axis the runs were put on (on_axis); other than epochs, the file names end
+    in `_by_<x>`. File names are unique within the result: a later clash gets '_2', '_3', ...
     """
     plots = []
     for run, prefix in zip(runs, unique_prefixes(runs)):
@@ -438,6 +462,9 @@ def plan_plots(runs):
             plots += plan_comparison_plots(groups, key)
     seen = set()
     for plot in plots:
+        plot["xlabel"] = analysis.X_AXES[x]
+        if x != "epoch":
+            plot["filename"] = plot["filename"][:-len(".png")] + f"_by_{x}.png"
         stem, name, count = plot["filename"][:-len(".png")], plot["filename"], 1
         while name in seen:
             count += 1
@@ -482,10 +509,11 @@ def draw_plot(plot, path):
                 high = [value + std for value, std in zip(curve["values"], curve["std"])]
                 ax.fill_between(curve["epochs"], low, high, color=curve["color"], alpha=BAND_ALPHA, linewidth=0)
         draw_phases(ax, plot.get("phases", []))
-        ax.set_xlabel("epoch")
+        ax.set_xlabel(plot.get("xlabel", "epoch"))
         ax.set_ylabel(plot["ylabel"])
         ax.set_title(plot["title"])
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if plot.get("xlabel", "epoch") == "epoch":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
         if plot["lines"]:
             ax.legend()
@@ -525,10 +553,11 @@ def draw_disabled(run, path):
         ax.legend()
 
 
-def drawings(runs, gamma=False):
-    """Return [(file name, function drawing into a path)]: the curves, or with `gamma` two γ pictures per run."""
+def drawings(runs, gamma=False, x="epoch"):
+    """Return [(file name, function drawing into a path)]: the curves (against `x`, the axis the runs were
+    put on), or with `gamma` two γ pictures per run."""
     if not gamma:
-        return [(plot["filename"], functools.partial(draw_plot, plot)) for plot in plan_plots(runs)]
+        return [(plot["filename"], functools.partial(draw_plot, plot)) for plot in plan_plots(runs, x)]
     pairs = []
     for run, prefix in zip(runs, unique_prefixes(runs)):
         pairs += [(f"{prefix}_gamma.png", functools.partial(draw_gamma, run)),
@@ -548,6 +577,10 @@ def build_parser():
     mode.add_argument("--table", action="store_true",
                       help="print a markdown table of final and best metrics per seed group (mean ± std); "
                            "draws the curves too only when --out is given")
+    parser.add_argument("--x", choices=tuple(analysis.X_AXES), default="epoch",
+                        help="horizontal axis of the curves: epoch, image_passes (compute: images through "
+                             "forward+backward, forward-only ones at half that) or wall_seconds; plots by "
+                             "compute compare optimizers whose epochs cost different amounts")
     mode.add_argument("--gamma", action="store_true",
                       help="draw BatchNorm γ/β histograms per stage and the disabled fraction per layer "
                            "from each run's checkpoint.pt instead of the curves")
@@ -560,6 +593,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         runs = [(read_gamma_run if args.gamma else read_run)(path) for path in args.run_dirs]
+        if not args.gamma:
+            runs = [on_axis(run, args.x) for run in runs]
     except RunError as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     if args.table:
@@ -569,7 +604,7 @@ def main(argv=None):
     out = args.out or DEFAULT_OUT
     try:
         os.makedirs(out, exist_ok=True)
-        for filename, draw in drawings(runs, args.gamma):
+        for filename, draw in drawings(runs, args.gamma, args.x):
             path = os.path.join(out, filename)
             draw(path)
             print(path)

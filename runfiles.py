@@ -49,12 +49,14 @@ def format_value(value) -> str:
 
 
 def write_history(path: str, rows: list) -> None:
-    """history.csv: one row per epoch, columns from the row dicts."""
+    """history.csv: one row per epoch, columns from the row dicts. A column that earlier rows lack (a run
+    resumed from a checkpoint made before the column existed) is empty in them."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(list(rows[0]) if rows else [])  # every row has the same keys
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    writer.writerow(columns)
     for row in rows:
-        writer.writerow([format_value(v) for v in row.values()])
+        writer.writerow([format_value(row[k]) if k in row else "" for k in columns])
     atomic_write(path, lambda fh: fh.write(buffer.getvalue().encode()))
 
 

@@ -59,6 +59,7 @@ def resolve_device(name: str, world: World = World()) -> torch.device:
 def resume_config(checkpoint: dict, cli: Config, given: set) -> Config:
     """The checkpoint's settings, with the flags given now on top; a change of what the run is, is an error."""
     saved = {k: v for k, v in checkpoint["config"].items() if k in FIELDS}
+    saved.setdefault("lbfgs_variant", "torch")  # a checkpoint from before the variants ran torch's L-BFGS
     values = {**saved, **{name: getattr(cli, name) for name in given}}
     if "use_lbfgs" in given and "optimizer" not in given:
         values["optimizer"] = "lbfgs" if cli.use_lbfgs else "sgd"
@@ -119,7 +120,8 @@ def run_epoch(epoch: int, cfg: Config, ex: "Experiment", after_step=None) -> dic
         ex.scheduler.step()
     end = time.perf_counter()
     row.update(epoch_seconds=end - start, eval_seconds=end - eval_start,
-               images_per_second=train["images_per_second"], passes=train["passes"], rollbacks=train["rollbacks"])
+               images_per_second=train["images_per_second"], passes=train["passes"], rollbacks=train["rollbacks"],
+               images_forward_backward=train["images_forward_backward"], images_forward_only=train["images_forward_only"])
     return row
 
 

@@ -45,9 +45,9 @@ def test_table_mixed_held_out_splits_say_which_and_missing_passes_is_a_dash():
     with_test = history([70, 75], test_acc=[50.0, 52.5])
     lines = analysis.markdown_table([("x|y", [with_val]), ("z", [with_test])]).splitlines()
     assert lines[0] == ("| run | n | epochs | final held-out acc | best held-out acc | final train_acc "
-                        "| final train_loss | passes |")
-    assert lines[2] == "| x\\|y | 1 | 2 | 55.00 (val) | 60.00 (val) | 90.00 | 1.0000 | – |"
-    assert lines[3] == "| z | 1 | 2 | 52.50 (test) | 52.50 (test) | 75.00 | 1.0000 | – |"
+                        "| final train_loss | passes | image-passes (M) |")
+    assert lines[2] == "| x\\|y | 1 | 2 | 55.00 (val) | 60.00 (val) | 90.00 | 1.0000 | – | – |"
+    assert lines[3] == "| z | 1 | 2 | 52.50 (test) | 52.50 (test) | 75.00 | 1.0000 | – | – |"
 
 
 def test_phase_changes_at_the_last_epoch_of_the_old_phase():
@@ -89,3 +89,19 @@ def test_gamma_stats_threshold_and_no_batchnorm():
     assert analysis.gamma_stats(STATE, threshold=0.25)["layers"]["layer1.0.bn1"] == 1.0
     empty = analysis.gamma_stats({"fc.weight": [1.0], "fc.bias": [0.0]})
     assert empty["layers"] == {} and math.isnan(empty["overall"])
+
+
+def test_history_written_over_rows_of_two_generations_reads_back_with_compute_per_epoch(tmp_path):
+    """A run resumed from a checkpoint older than the image counters: its first rows lack them. The file
+    gets every column (blank where a row has none) and image-passes fall back to passes x batch there."""
+    from runfiles import write_history
+    old = {"epoch": 1, "train_loss": 2.0, "train_acc": 10.0, "passes": 10}
+    new = {**old, "epoch": 2, "images_forward_backward": 1000, "images_forward_only": 200}
+    write_history(str(tmp_path / "history.csv"), [old, new])
+    lines = (tmp_path / "history.csv").read_text().splitlines()
+    assert lines == ["epoch,train_loss,train_acc,passes,images_forward_backward,images_forward_only",
+                     "1,2.0,10.0,10,,", "2,2.0,10.0,10,1000,200"]
+    import plots
+    history = analysis.add_compute_axes(plots.read_history(str(tmp_path / "history.csv")),
+                                        {"optimizer": "sgd", "batch_size": 64})
+    assert history["image_passes"] == [640.0, 640.0 + 1000 + analysis.FORWARD_ONLY_COST * 200]

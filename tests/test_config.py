@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from config import Config, ConfigError, parse_args, str2bool
+from config import Config, ConfigError, parse_args, str2bool, to_dict
 from conftest import TINY, assert_one_line_error, run_train
 
 
@@ -23,7 +23,8 @@ def test_str2bool_rejects_maybe():
 @pytest.mark.parametrize("flag", ["--use-lbfgs", "--use_lbfgs"])
 def test_use_lbfgs_selects_lbfgs_and_its_default_lr(flag):
     cfg, _ = parse_args([flag, "True"])
-    assert cfg.optimizer == "lbfgs" and cfg.use_lbfgs is True and cfg.lr == 1.0
+    assert cfg.optimizer == "lbfgs" and cfg.use_lbfgs is True and cfg.lr == 2.0  # the multibatch variant's
+    assert parse_args([flag, "True", "--lbfgs-variant", "torch"])[0].lr == 1.0
     cfg, _ = parse_args([flag, "false"])
     assert cfg.optimizer == "sgd" and cfg.lr == 0.1
 
@@ -147,3 +148,44 @@ def test_bad_optimizer_settings(args, words, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and words in err[0], err
+
+
+@pytest.mark.parametrize("flags,words", [
+    (["--lbfgs-variant", "multibatch", "--lbfgs-batch-size", "5"], ["even", "5"]),
+    (["--lbfgs-variant", "batch", "--lbfgs-max-iter", "1"], ["--lbfgs-max-iter", "at least 2"]),
+    (["--lbfgs-variant", "torch", "--lbfgs-line-search", "armijo"], ["armijo", "strong_wolfe or none"]),
+    (["--lbfgs-variant", "hvp", "--lbfgs-line-search", "strong_wolfe"], ["strong_wolfe", "armijo or none"]),
+    (["--lbfgs-variant", "multibatch", "--lbfgs-history-mode", "reset"], ["reset", "multibatch"]),
+    (["--lbfgs-variant", "batch", "--lbfgs-momentum", "0.9"], ["--lbfgs-momentum", "none"]),
+    (["--lbfgs-variant", "multibatch", "--lbfgs-momentum", "1"], ["--lbfgs-momentum", "[0, 1)"]),
+    (["--lbfgs-variant", "hvp", "--lbfgs-max-eval", "4"], ["--lbfgs-max-eval", "torch"]),
+    (["--lbfgs-variant", "torch", "--lbfgs-variance-scaling", "true"], ["--lbfgs-variance-scaling", "torch"]),
+    (["--lbfgs-damping", "-1"], ["--lbfgs-damping", ">= 0"]),
+    (["--lbfgs-variant", "torch", "--lbfgs-damping", "0.1"], ["--lbfgs-damping", "torch"]),
+    (["--lbfgs-variant", "hvp", "--compile", "true"], ["hvp", "--compile"]),
+    (["--lbfgs-variant", "hvp", "--sync-bn", "true"], ["hvp", "--sync-bn"]),
+])
+def test_lbfgs_variant_settings_that_do_not_fit_are_one_line_errors(flags, words):
+    with pytest.raises(ConfigError) as error:
+        parse_args(["--use-lbfgs", "true", *flags])
+    assert "\n" not in str(error.value) and all(word in str(error.value) for word in words), str(error.value)
+
+
+def test_each_lbfgs_variant_fills_its_own_defaults_and_flags_override_them():
+    from config import DEFAULT_LBFGS_VARIANT, LBFGS_DEFAULTS
+    assert parse_args(["--use-lbfgs", "true"])[0].lbfgs_variant == DEFAULT_LBFGS_VARIANT
+    for variant, defaults in LBFGS_DEFAULTS.items():
+        cfg = parse_args(["--use-lbfgs", "true", "--lbfgs-variant", variant])[0]
+        assert {name: getattr(cfg, name) for name in defaults} == defaults
+    cfg = parse_args(["--use-lbfgs", "true", "--lbfgs-variant", "batch", "--lbfgs-batch-size", "512"])[0]
+    assert (cfg.lbfgs_batch_size, cfg.lbfgs_max_iter) == (512, LBFGS_DEFAULTS["batch"]["lbfgs_max_iter"])
+
+
+def test_a_checkpoint_from_before_the_variants_resumes_as_torch():
+    from train import resume_config
+    old = to_dict(parse_args(["--use-lbfgs", "true", "--lbfgs-variant", "torch"])[0])
+    del old["lbfgs_variant"], old["lbfgs_variance_scaling"], old["lbfgs_damping"], old["lbfgs_momentum"]
+    cli, given = parse_args(["--resume", "x"])
+    assert resume_config({"config": old}, cli, given).lbfgs_variant == "torch"
+    with pytest.raises(ConfigError, match="multibatch"):  # the saved torch settings do not fit another variant
+        resume_config({"config": old}, *parse_args(["--resume", "x", "--lbfgs-variant", "multibatch"]))

@@ -90,6 +90,27 @@ def test_signal_saves_a_checkpoint_and_the_resumed_run_matches(tmp_path, signum)
     assert without_timings(read_csv(folder / "history.csv")) == expected
 
 
+@pytest.mark.parametrize("variant", ["batch", "multibatch", "hvp"])
+def test_stochastic_lbfgs_resumed_mid_epoch_matches_the_uninterrupted_run(tmp_path, variant):
+    """The optimizer's memory and the multibatch half-batch carried to the next step are in the mid-epoch
+    checkpoint: the resumed run's history equals the uninterrupted one, number for number."""
+    args = [*TINY, "-t", "bn", "--use-lbfgs", "true", "--lbfgs-variant", variant, "--lbfgs-batch-size", "16",
+            "--epochs", "2"]
+    straight = run_train(*args, "--save-dir", tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr
+    folder = tmp_path / "signalled"
+    process = start_train(*args, "--save-dir", folder)
+    assert wait_for(folder / "summary.json", process)  # the first epoch's files are all written
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert load_checkpoint(str(folder / "checkpoint.pt"))["progress"] is not None  # stopped within epoch 2
+    resumed = run_train("--resume", folder, "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    assert without_timings(read_csv(folder / "history.csv")) == without_timings(
+        read_csv(tmp_path / "straight" / "history.csv"))
+
+
 def test_a_second_ctrl_c_stops_at_once():
     before = signal.getsignal(signal.SIGINT)  # Python's default, or "ignore" under nohup
     with GracefulStop() as stop:
@@ -134,7 +155,7 @@ def test_lbfgs_gives_up_after_five_consecutive_rollbacks(tmp_path):
 
 def test_lbfgs_rollback_restores_the_parameters_and_clears_the_memory():
     torch.manual_seed(0)
-    cfg = parse_args(["-t", "bn", "--use-lbfgs", "true", "--lbfgs-max-iter", "3"])[0]
+    cfg = parse_args(["-t", "bn", "--use-lbfgs", "true", "--lbfgs-variant", "torch", "--lbfgs-max-iter", "3"])[0]
     model = build_model("resnet20").train()
     optimizer = build_optimizer(cfg, freeze(model, "bn"))
     images, labels, cpu = torch.randn(16, 3, 32, 32), torch.arange(16) % 10, Compute(torch.device("cpu"))

@@ -24,7 +24,7 @@ def batch(n=32, seed=0):
 def lbfgs_model(*flags, seed=0):
     torch.manual_seed(seed)
     model = build_model("resnet20")
-    cfg = parse_args(["--optimizer", "lbfgs", "-t", "bn", *flags])[0]
+    cfg = parse_args(["--optimizer", "lbfgs", "--lbfgs-variant", "torch", "-t", "bn", *flags])[0]
     return model, cfg, build_optimizer(cfg, freeze(model, "bn"))
 
 
@@ -174,7 +174,7 @@ def test_the_epoch_loop_passes_label_smoothing_to_the_step(monkeypatch, optimize
     torch.manual_seed(0)
     model = build_model("resnet20")
     cfg = parse_args(["--optimizer", optimizer, "-t", "bn", "--label-smoothing", "0.2", "-b", "16",
-                      "--lbfgs-batch-size", "16", "--lbfgs-max-iter", "1"])[0]
+                      "--lbfgs-variant", "torch", "--lbfgs-batch-size", "16", "--lbfgs-max-iter", "1"])[0]
     run_epoch(model, build_optimizer(cfg, freeze(model, "bn")), cfg, 32)
     assert seen == [0.2, 0.2]
 

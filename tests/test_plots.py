@@ -314,10 +314,10 @@ def test_table_prints_mean_and_std_per_group_and_draws_nothing(tmp_path):
     result = run_cli(*make_seed_runs(tmp_path), "--table")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
-        "| run | n | epochs | final val_acc | best val_acc | final train_acc | final train_loss | passes |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-        "| lr=0.1 | 3 | 2 | 65.00 ± 5.00 | 66.67 ± 5.77 | 82.00 ± 2.00 | 0.6000 ± 0.1000 | 200 ± 0 |",
-        "| lr=0.05 | 1 | 2 | 45.00 | 45.00 | 35.50 | 1.2500 | 200 |",
+        "| run | n | epochs | final val_acc | best val_acc | final train_acc | final train_loss | passes | image-passes (M) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",  # image-passes: 200 passes x -b 128, in millions
+        "| lr=0.1 | 3 | 2 | 65.00 ± 5.00 | 66.67 ± 5.77 | 82.00 ± 2.00 | 0.6000 ± 0.1000 | 200 ± 0 | 0.026 ± 0.000 |",
+        "| lr=0.05 | 1 | 2 | 45.00 | 45.00 | 35.50 | 1.2500 | 200 | 0.026 |",
     ]
 
 
@@ -328,7 +328,7 @@ def test_table_of_one_group_uses_folder_name_and_with_out_also_draws(tmp_path):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("| run | n | epochs | final test_acc | best test_acc |")
-    assert lines[2] == "| only | 1 | 4 | 70.00 | 70.00 | 80.00 | 0.5000 | 10 |"
+    assert lines[2] == "| only | 1 | 4 | 70.00 | 70.00 | 80.00 | 0.5000 | 10 | 0.001 |"  # 10 x 128 images
     assert lines[3:] == [str(out / "resnet32_SGD_bn_loss.png"), str(out / "resnet32_SGD_bn_acc.png")]
 
 

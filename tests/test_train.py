@@ -16,7 +16,8 @@ from resnet import build_model, freeze
 
 FP32 = Compute(torch.device("cpu"))
 HISTORY_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
-                   "epoch_seconds", "eval_seconds", "images_per_second", "passes", "rollbacks"]
+                   "epoch_seconds", "eval_seconds", "images_per_second", "passes", "rollbacks",
+                   "images_forward_backward", "images_forward_only"]
 
 
 def test_run_folder_has_the_four_files(tiny_run):
@@ -25,6 +26,7 @@ def test_run_folder_has_the_four_files(tiny_run):
     rows = read_csv(folder / "history.csv")
     assert list(rows[0]) == HISTORY_COLUMNS and [r["epoch"] for r in rows] == ["1", "2"]
     assert all(0 <= float(r["train_acc"]) <= 100 and float(r["passes"]) == 4 for r in rows)  # 256 / 64 batches
+    assert all(r["images_forward_backward"] == "256" and r["images_forward_only"] == "0" for r in rows)
     config = json.loads((folder / "config.json").read_text())
     assert config["trainable"] == "bn" and config["optimizer"] == "sgd" and config["world_size"] == 1
     assert {"torch", "torchvision", "python"} <= set(config["versions"])
@@ -88,7 +90,9 @@ def test_modes_write_runs_that_plots_draw(tmp_path):
                            capture_output=True, text=True)
     assert drawn.returncode == 0, drawn.stderr
     names = set(os.listdir(out))
-    assert {"resnet20_LBFGS_bn_acc.png", "resnet20_SGD_bn_loss.png", "LBFGS_vs_SGD_acc.png"} <= names
+    # the default L-BFGS is the multibatch variant, drawn as an optimizer of its own
+    assert {"resnet20_LBFGS-MULTIBATCH_bn_acc.png", "resnet20_SGD_bn_loss.png", "LBFGS-MULTIBATCH_vs_SGD_acc.png"} \
+        <= names
 
 
 def test_trainable_none_changes_no_parameter(tmp_path):
@@ -108,7 +112,7 @@ def test_trainable_none_changes_no_parameter(tmp_path):
 
 def test_lbfgs_moves_bn_statistics_once_per_step():
     torch.manual_seed(0)
-    cfg = parse_args(["-t", "bn", "--use-lbfgs", "true", "--lbfgs-max-iter", "4"])[0]
+    cfg = parse_args(["-t", "bn", "--use-lbfgs", "true", "--lbfgs-variant", "torch", "--lbfgs-max-iter", "4"])[0]
     model = build_model("resnet20")
     optimizer = build_optimizer(cfg, freeze(model, "bn"))
     images, labels = torch.randn(32, 3, 32, 32), torch.arange(32) % 10
@@ -121,7 +125,7 @@ def test_lbfgs_moves_bn_statistics_once_per_step():
 
 def test_lbfgs_running_mean_equals_one_momentum_update():
     torch.manual_seed(0)
-    cfg = parse_args(["-t", "bn", "--use-lbfgs", "true"])[0]
+    cfg = parse_args(["-t", "bn", "--use-lbfgs", "true", "--lbfgs-variant", "torch"])[0]
     model = build_model("resnet20")
     optimizer = build_optimizer(cfg, freeze(model, "bn"))
     images, labels = torch.randn(16, 3, 32, 32), torch.arange(16) % 10
