@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from data import augment
 from distributed import World, all_sum_vector, shard
+from quasi_newton import flat
 from resnet import is_batchnorm
 
 
@@ -40,9 +41,23 @@ def l2_penalty(params: list, weight_decay: float):
     return 0.5 * weight_decay * sum((p * p).sum() for p in params)
 
 
+def snapshot(model, params: list) -> tuple:
+    """Copies of the trained parameters and of the BN running statistics, for `roll_back`."""
+    return [p.detach().clone() for p in params], bn_buffers(model)
+
+
+def roll_back(model, optimizer, params: list, saved: tuple) -> None:
+    """Undo a non-finite L-BFGS step: parameters and BN statistics as `snapshot` saw them, memory cleared."""
+    with torch.no_grad():
+        for p, value in zip(params, saved[0]):
+            p.copy_(value)
+    restore_bn_buffers(model, saved[1])
+    optimizer.state.clear()
+
+
 def flat_grad(grads, params: list) -> torch.Tensor:
     """autograd.grad's result as one (n,) vector; a parameter the loss does not use gets zeros."""
-    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params)])
+    return flat([torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)])
 
 
 @dataclasses.dataclass
@@ -65,7 +80,7 @@ class BatchObjective:
     def __init__(self, model, params: list, pieces: list, part_sizes: list, compute, decayed: list,
                  weight_decay: float, label_smoothing: float = 0.0, world: World = World(), has_head: bool = False):
         self.model, self.params, self.pieces, self.part_sizes = model, params, pieces, part_sizes
-        self.compute, self.weight_decay, self.label_smoothing, self.world = compute, weight_decay, label_smoothing, world
+        self.compute, self.label_smoothing, self.world = compute, label_smoothing, world
         self.has_head, self.total = has_head, sum(part_sizes)
         decayed_ids = {id(p) for p in decayed}
         self.decay_mask = torch.cat([torch.full((p.numel(),), float(id(p) in decayed_ids), device=p.device)
@@ -74,7 +89,7 @@ class BatchObjective:
         self.first = None  # {"loss", "correct", "bn"} of the first evaluation
 
     def _x(self) -> torch.Tensor:
-        return torch.cat([p.detach().reshape(-1) for p in self.params])
+        return flat([p.detach() for p in self.params])
 
     def _penalty(self, x: torch.Tensor) -> float:
         return 0.5 * float((self.decay_mask * x * x).sum())
@@ -155,9 +170,7 @@ class BatchObjective:
         for piece in self.pieces:
             loss = self._forward(piece)[0] * (len(piece.labels) / self.total)
             grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
-            grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, self.params)]
-            directional = sum((g.reshape(-1) * v).sum() for g, v in zip(grads, vector.split(
-                [p.numel() for p in self.params])))
+            directional = (flat_grad(grads, self.params) * vector).sum()
             product += flat_grad(torch.autograd.grad(directional, self.params, allow_unused=True), self.params)
         self.images_forward_backward += 2 * self.total
         return all_sum_vector(self.world, product.double()).to(vector.dtype) + self.decay_mask * vector
@@ -174,7 +187,7 @@ def quasi_newton_step(model, optimizer, objective: BatchObjective) -> dict:
     cleared, and the result says `rolled_back`. `model` is the plain module (not DDP: the objective sums
     the gradients over the ranks itself)."""
     params = objective.params
-    before = [p.detach().clone() for p in params], bn_buffers(model)
+    before = snapshot(model, params)
     loss = optimizer.step(objective)
     objective.finish()
     first = objective.first
@@ -185,11 +198,7 @@ def quasi_newton_step(model, optimizer, objective: BatchObjective) -> dict:
     result["passes"] = round(objective.images_forward_backward / objective.total)
     if math.isfinite(loss) and all_finite([first["loss"], *params]):
         return result
-    with torch.no_grad():
-        for p, saved in zip(params, before[0]):
-            p.copy_(saved)
-    restore_bn_buffers(model, before[1])
-    optimizer.state.clear()
+    roll_back(model, optimizer, params, before)
     return {**result, "rolled_back": True}
 
 

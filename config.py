@@ -27,15 +27,16 @@ DEFAULT_LR = {"sgd": 0.1, "lbfgs": 1.0, "adam": 1e-3, "adamw": 1e-3, "rmsprop": 
 LBFGS_VARIANTS = ("torch", "batch", "multibatch", "hvp")
 DEFAULT_LBFGS_VARIANT = "multibatch"  # what --use-lbfgs True runs (README: L-BFGS, the measurements)
 # each variant's settings where the flag is not given; torch's are those of the runs before the variants
+# (torch's LBFGS has no damping: the setting stays None there)
 LBFGS_DEFAULTS = {
     "torch": {"lbfgs_batch_size": 512, "lbfgs_max_iter": 5, "lbfgs_history": 10, "lbfgs_line_search": "strong_wolfe",
               "lbfgs_variance_scaling": False},
     "batch": {"lbfgs_batch_size": 128, "lbfgs_max_iter": 2, "lbfgs_history": 7, "lbfgs_line_search": "armijo",
-              "lbfgs_variance_scaling": True},
+              "lbfgs_variance_scaling": True, "lbfgs_damping": 1e-6},
     "multibatch": {"lbfgs_batch_size": 256, "lbfgs_max_iter": 1, "lbfgs_history": 10, "lbfgs_line_search": "none",
-                   "lbfgs_variance_scaling": False},
+                   "lbfgs_variance_scaling": False, "lbfgs_damping": 1e-6},
     "hvp": {"lbfgs_batch_size": 256, "lbfgs_max_iter": 1, "lbfgs_history": 10, "lbfgs_line_search": "none",
-            "lbfgs_variance_scaling": False},
+            "lbfgs_variance_scaling": False, "lbfgs_damping": 1e-6},
 }
 
 
@@ -392,8 +393,6 @@ def resolve(cfg: Config, given: set) -> Config:
     for name, value in LBFGS_DEFAULTS[cfg.lbfgs_variant].items():
         if getattr(cfg, name) is None:
             setattr(cfg, name, value)
-    if cfg.lbfgs_variant != "torch" and cfg.lbfgs_damping is None:
-        cfg.lbfgs_damping = 1e-6
     if cfg.bn_recalibrate is None:
         cfg.bn_recalibrate = DEFAULT_BN_RECALIBRATE.get(cfg.optimizer, 0)
     if cfg.phases:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from batch_objective import (all_finite, batch_objective, bn_buffers, l2_penalty, lbfgs_chunks,
-                             quasi_newton_step, restore_bn_buffers)
+                             quasi_newton_step, restore_bn_buffers, roll_back, snapshot)
 from config import default_milestones
 from data import augment, epoch_order, fixed_subset_index, normalize
 from distributed import World, all_sum, shard
@@ -189,7 +189,7 @@ def lbfgs_step(model, optimizer, images, labels, weight_decay: float, compute: C
     """
     params = optimizer.param_groups[0]["params"]
     decayed = params if decayed is None else decayed
-    before = [p.detach().clone() for p in params], bn_buffers(model)
+    before = snapshot(model, params)
     pieces = list(zip(images.tensor_split(chunks), labels.tensor_split(chunks)))
     first = {}
     passes = 0
@@ -221,11 +221,7 @@ def lbfgs_step(model, optimizer, images, labels, weight_decay: float, compute: C
     restore_bn_buffers(model, first["bn"])
     if all_finite([first["loss"], *params]):
         return {"loss": first["loss"], "correct": first["correct"], "passes": passes, "rolled_back": False}
-    with torch.no_grad():
-        for p, saved in zip(params, before[0]):
-            p.copy_(saved)
-    restore_bn_buffers(model, before[1])
-    optimizer.state.clear()
+    roll_back(model, optimizer, params, before)
     return {"loss": first["loss"], "correct": first["correct"], "passes": passes, "rolled_back": True}
 
 

@@ -66,11 +66,11 @@ SETTING_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
 # The same holds for the L-BFGS-only settings when only one of the runs uses L-BFGS.
 # And --phases runs: their default milestones are per phase, `phases` shows as `trainable` (with_defaults).
 FOLLOWS = {"optimizer": ("lr", "bn_recalibrate", "lbfgs_variant", "lbfgs_history", "lbfgs_max_iter", "lbfgs_max_eval",
-                         "lbfgs_batch_size", "lbfgs_chunk_size", "lbfgs_line_search", "lbfgs_history_mode"),
+                         "lbfgs_batch_size", "lbfgs_chunk_size", "lbfgs_line_search", "lbfgs_history_mode",
+                         "lbfgs_damping", "lbfgs_momentum", "lbfgs_variance_scaling"),
            "trainable": ("phases", "milestones"),
            "lbfgs_variant": ("lbfgs_history", "lbfgs_max_iter", "lbfgs_batch_size", "lbfgs_line_search",
                              "lbfgs_variance_scaling")}
-FOLLOWS["optimizer"] += ("lbfgs_damping", "lbfgs_momentum", "lbfgs_variance_scaling")
 REQUIRED_COLUMNS = ("epoch", "train_loss", "train_acc")
 # Numeric columns this script knows; `phase` is read as text; any other column is ignored unread.
 KNOWN_COLUMNS = REQUIRED_COLUMNS + (
