@@ -7,14 +7,16 @@ defaults, a `--config FILE` (JSON or YAML, keys are flag names) and the command 
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import math
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
-ARCHS = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet1202")
+ARCHS = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet1202")  # He et al.'s; any 6n+2 builds
 TRAINABLE = ("all", "bn", "bn+fc", "fc", "none", "random")
 PHASE_MODES = ("all", "bn", "bn+fc", "fc", "none")  # random draws its entries once, so it cannot be a later phase
 BN_INITS = ("uniform", "ones", "normal", "signed")
@@ -25,7 +27,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 DEFAULT_LR = {"sgd": 0.1, "lbfgs": 1.0, "adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-2, "adagrad": 1e-2,
               "nadam": 2e-3, "radam": 1e-3}
 LBFGS_VARIANTS = ("torch", "batch", "multibatch", "hvp")
-DEFAULT_LBFGS_VARIANT = "multibatch"  # what --use-lbfgs True runs (README: L-BFGS, the measurements)
+DEFAULT_LBFGS_VARIANT = "multibatch"  # what --use-lbfgs True runs (docs/results.md: L-BFGS variants)
 # each variant's settings where the flag is not given; torch's are those of the runs before the variants
 # (torch's LBFGS has no damping: the setting stays None there)
 LBFGS_DEFAULTS = {
@@ -40,7 +42,7 @@ LBFGS_DEFAULTS = {
 }
 
 
-# the multibatch variant's fixed step: of 0.3, 1 and 2, 2 did best in the sweep of the README's L-BFGS section
+# the multibatch variant's fixed step: of 0.3, 1 and 2, 2 did best in the sweep of docs/results.md (L-BFGS variants)
 LBFGS_LR = {"multibatch": 2.0}
 
 
@@ -63,6 +65,15 @@ def str2bool(text: str) -> bool:
     if value in ("false", "0", "no", "n", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected a boolean (true/false/1/0/yes/no), got {text!r}")
+
+
+def arch_name(text) -> str:
+    """Check a model name: resnetD with depth D = 6n + 2, n >= 1 (resnet.depth_of's rule)."""
+    match = re.fullmatch(r"resnet(\d+)", str(text))
+    if not match or int(match[1]) < 8 or (int(match[1]) - 2) % 6:
+        raise argparse.ArgumentTypeError(f"expected resnetD with depth D = 6n + 2 (resnet8, resnet14, resnet20, "
+                                         f"..., resnet866), got {text!r}")
+    return str(text)
 
 
 def int_list(text) -> list:
@@ -131,9 +142,10 @@ def _flag(help, *aliases, **kwargs):
 
 
 @dataclass
-class Config:
-    # model
-    arch: str = field(default="resnet32", metadata=_flag("CIFAR ResNet depth (6n+2 layers)", "-a", choices=ARCHS))
+class Config:  # in the order of SECTIONS
+    arch: str = field(default="resnet32", metadata=_flag(
+        "CIFAR ResNet resnetD of any depth D = 6n+2: He et al.'s " + ", ".join(ARCHS) + ", the BN-only paper's "
+        "resnet14, resnet218, resnet434, resnet866, or any other", "-a", type=arch_name, metavar="resnetD"))
     width: int = field(default=1, metadata=_flag("channel multiplier: stages have 16K/32K/64K channels"))
     trainable: str = field(default="all", metadata=_flag(
         "parameters to train: all | bn (BatchNorm gamma/beta only) | bn+fc | fc (final linear) | "
@@ -147,7 +159,6 @@ class Config:
     bn_init: str = field(default="uniform", metadata=_flag(
         "BatchNorm gamma init: uniform U[0,1), ones, normal N(0,1) or signed U[-1,1); beta = 0",
         choices=BN_INITS))
-    # optimisation
     optimizer: str = field(default="sgd", metadata=_flag("torch.optim optimizer", choices=OPTIMIZERS))
     use_lbfgs: Optional[bool] = field(default=None, metadata=_flag(
         "true/false: shorthand for --optimizer lbfgs / sgd", type=str2bool, metavar="BOOL"))
@@ -183,7 +194,7 @@ class Config:
         "L-BFGS algorithm: torch (torch.optim.LBFGS, strong-Wolfe search; its pairs mix two batches), batch "
         "(pairs within one batch, variance-scaled Armijo backtracking), multibatch (pairs from the half "
         "that consecutive batches share), hvp (pairs from Hessian-vector products); default " +
-        DEFAULT_LBFGS_VARIANT + " (README: L-BFGS)", choices=LBFGS_VARIANTS))
+        DEFAULT_LBFGS_VARIANT + " (docs/results.md: L-BFGS variants)", choices=LBFGS_VARIANTS))
     lbfgs_history: Optional[int] = field(default=None, metadata=_flag(
         "L-BFGS memory, curvature pairs (default per variant: " + _variant_defaults("lbfgs_history") + ")"))
     lbfgs_max_iter: Optional[int] = field(default=None, metadata=_flag(
@@ -220,7 +231,6 @@ class Config:
         "training images (0: keep the running averages; default 4096 for L-BFGS, whose few large steps "
         "leave the running averages stale, 0 for SGD)"))
     seed: int = field(default=0, metadata=_flag("random seed: same seed and flags give the same run on the CPU"))
-    # data
     dataset: str = field(default="cifar10", metadata=_flag(
         "cifar10 | cifar100 | imagefolder (DATA_DIR/train/<class>/*, optional test/ or val/) | synthetic",
         choices=("cifar10", "cifar100", "imagefolder", "synthetic")))
@@ -243,7 +253,6 @@ class Config:
     sync_bn: bool = field(default=False, metadata=_flag(
         "under torchrun: BatchNorm normalises with the statistics of the global batch (all processes) instead "
         "of each process's own", type=str2bool, metavar="BOOL"))
-    # speed
     precision: str = field(default="auto", metadata=_flag(
         "arithmetic of convolutions and matmuls: fp32, or bf16/fp16 autocast (BatchNorm statistics, parameters "
         "and the loss stay fp32); auto: the fastest precision whose accuracy matched fp32, i.e. bf16 on CPUs "
@@ -260,7 +269,6 @@ class Config:
         "with --compile true: torch.compile's mode for the model's forward and backward (the loss and the "
         "optimizer step stay eager); reduce-overhead replays them as CUDA graphs, meant for the GPU step, "
         "whose time goes mostly to kernel launches (not measured yet: BENCHMARKS.md)", choices=COMPILE_MODES))
-    # run folder
     save_dir: Optional[str] = field(default=None, metadata=_flag(
         "run folder (default runs/<arch>_<optimizer>_<trainable>_<timestamp>)"))
     resume: Optional[str] = field(default=None, metadata=_flag(
@@ -273,6 +281,10 @@ class Config:
     print_freq: int = field(default=0, metadata=_flag(
         "also print the running train loss every N batches (0: only one line per epoch)"))
     no_progress: bool = field(default=False, metadata=_flag("no tqdm progress bar", action="store_true"))
+    tensorboard: bool = field(default=False, metadata=_flag(
+        "also write the curves as TensorBoard event files into RUN_DIR/tensorboard: the history.csv columns "
+        "each epoch, the running train loss every --print-freq steps, gamma/beta histograms per stage, the "
+        "settings (needs pip install tensorboard)", action=argparse.BooleanOptionalAction))
     overwrite: bool = field(default=False, metadata=_flag(
         "replace the files of an existing run in --save-dir", action="store_true"))
     config: Optional[str] = field(default=None, metadata=_flag(
@@ -280,13 +292,17 @@ class Config:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+# the first field of each group of --help and of docs/flags.md
+SECTIONS = {"arch": "model", "optimizer": "optimisation", "dataset": "data", "precision": "speed",
+            "save_dir": "run folder and output"}
 # long aliases ("wd") -> field names, so config files may use every spelling of the command line
 ALIASES = {a.lstrip("-").replace("-", "_"): f.name for f in FIELDS.values() for a in f.metadata["aliases"]
            if a.startswith("--")}
 # Settings that say where or how to run; everything else defines the run and is fixed once it started,
 # except that --epochs may extend it.
 RUNTIME_SETTINGS = ("resume", "evaluate", "save_dir", "data_dir", "cache_dir", "workers", "device", "download",
-                    "no_progress", "print_freq", "overwrite", "config", "save_every", "checkpoint_minutes", "epochs")
+                    "no_progress", "print_freq", "tensorboard", "overwrite", "config", "save_every",
+                    "checkpoint_minutes", "epochs")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -300,16 +316,26 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     """The command line for `Config`; only flags that were given appear in the parsed namespace."""
     parser = OneLineParser(prog=prog, argument_default=argparse.SUPPRESS,
                            description="Train a CIFAR ResNet, optionally only its BatchNorm parameters.")
+    group = parser
     for f in dataclasses.fields(Config):
-        meta = dict(f.metadata)
-        long = "--" + f.name.replace("_", "-")
-        names = list(meta.pop("aliases")) + [long] + ([f"--{f.name}"] if "_" in f.name else [])
-        kwargs = {"help": meta.pop("help") + (f" (default: {f.default})" if f.default is not None else "")}
-        kwargs.update(meta)
+        if f.name in SECTIONS:
+            group = parser.add_argument_group(SECTIONS[f.name])
+        meta = {k: v for k, v in f.metadata.items() if k not in ("aliases", "help")}
+        kwargs = {"help": help_text(f), **meta}
         if "action" not in kwargs and "type" not in kwargs:
             kwargs["type"] = {"int": int, "float": float}.get(_base_type(f), str)
-        parser.add_argument(*names, dest=f.name, **kwargs)
+        group.add_argument(*flag_names(f), dest=f.name, **kwargs)
     return parser
+
+
+def flag_names(f) -> list:
+    """A field's flags: its aliases, --dashed-name and, for names with an underscore, --underscored_name."""
+    return [*f.metadata["aliases"], "--" + f.name.replace("_", "-")] + ([f"--{f.name}"] if "_" in f.name else [])
+
+
+def help_text(f) -> str:
+    """A field's help, as argparse formats it (%% stands for %), with its default."""
+    return f.metadata["help"] + (f" (default: {f.default})" if f.default is not None else "")
 
 
 def _base_type(f) -> str:
@@ -338,7 +364,7 @@ def read_config_file(path: str) -> dict:
     return {ALIASES.get(name, name): v for name, v in zip(names, values.values())}
 
 
-def _coerce(name: str, value):
+def coerce(name: str, value):
     """Check and convert one value from a config file, as the command line would."""
     f = FIELDS.get(name)
     if f is None:
@@ -367,7 +393,7 @@ def parse_args(argv=None) -> tuple:
     given = vars(build_parser().parse_args(argv))
     values = {}
     if given.get("config"):
-        values = {k: _coerce(k, v) for k, v in read_config_file(given["config"]).items()}
+        values = {k: coerce(k, v) for k, v in read_config_file(given["config"]).items()}
     values.update(given)
     cfg = resolve(Config(**values), set(values))
     return cfg, set(values)
@@ -457,6 +483,8 @@ def validate(cfg: Config) -> None:
             "--precision fp16 needs loss scaling, which L-BFGS's line search cannot use; use --precision bf16 or fp32")
     require(cfg.compile or cfg.compile_mode == "default",
             f"--compile-mode {cfg.compile_mode} needs --compile true")
+    require(not cfg.tensorboard or importlib.util.find_spec("tensorboard") is not None,
+            "--tensorboard needs the tensorboard package, which is not installed: pip install tensorboard")
     require(cfg.evaluate is False or cfg.resume, "--evaluate needs --resume PATH (the checkpoint to evaluate)")
     device = cfg.device
     require(device in ("auto", "cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit()),

@@ -4,6 +4,9 @@
     python plots.py RUN_DIR [RUN_DIR ...] --table          # markdown table on stdout only
     python plots.py RUN_DIR [RUN_DIR ...] --gamma [--out DIR]
     python plots.py RUN_DIR [RUN_DIR ...] --x image_passes     # curves against compute (or wall_seconds)
+    python plots.py SWEEP_DIR --across depth [--table]         # a sweep: final accuracy against depth
+
+A SWEEP_DIR (sweep.py's folder) stands for the run folders in it.
 
 A run folder holds `history.csv` (one row per epoch: `epoch, lr, train_loss, train_acc,
 [val_loss, val_acc], [test_loss, test_acc], ..., [phase]`, accuracy in percent), usually
@@ -48,6 +51,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (must follow the backend choice)
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 import analysis  # noqa: E402  (pure numbers: seed statistics, table, phases, γ)
+import sweep_plots  # noqa: E402  (a sweep's accuracy against depth, width or size)
 from config import LBFGS_DEFAULTS, Config  # noqa: E402  (the settings' defaults)
 
 # Settings that say where or how a run was executed, not what was trained.
@@ -203,7 +207,22 @@ def read_run(path):
     history_path = os.path.join(path, "history.csv")
     if not os.path.isfile(history_path):
         raise RunError(f"no history.csv in {path}; pass a folder written by the trainer")
-    return {**run, "history": analysis.add_compute_axes(read_history(history_path), run["config"])}
+    summary_path = os.path.join(path, "summary.json")
+    summary = read_config(summary_path) if os.path.isfile(summary_path) else None
+    return {**run, "history": analysis.add_compute_axes(read_history(history_path), run["config"]),
+            "summary": summary}
+
+
+def run_folders(paths):
+    """The run folders named: each path itself, or for a sweep folder (no history.csv, run folders
+    inside) the run folders in it, in name order."""
+    folders = []
+    for path in paths:
+        inside = sorted(entry.path for entry in os.scandir(path) if entry.is_dir() and
+                        os.path.isfile(os.path.join(entry.path, "history.csv"))) \
+            if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "history.csv")) else []
+        folders += inside or [path]
+    return folders
 
 
 def read_gamma_run(path):
@@ -584,17 +603,42 @@ def build_parser():
     mode.add_argument("--gamma", action="store_true",
                       help="draw BatchNorm γ/β histograms per stage and the disabled fraction per layer "
                            "from each run's checkpoint.pt instead of the curves")
+    parser.add_argument("--across", metavar="AXIS",
+                        help="instead of curves: final accuracy and disabled BN features against AXIS, one "
+                             "line per training mode (and other setting that varies), mean ± std over seeds: "
+                             "depth, width, trainable_params, or any numeric setting (files <AXIS>_acc.png, "
+                             "<AXIS>_disabled.png; with --table the markdown table of the same numbers)")
     return parser
+
+
+def across_lines(runs, axis):
+    """sweep_plots.series with this file's seed groups: a line is every run alike but in seed and axis."""
+    ignore = SEED_KEYS | set(sweep_plots.axis_settings(axis))
+
+    def line_key(run):
+        return canonical({k: v for k, v in settings(run["config"] or {}).items() if k not in ignore})
+
+    def line_label(firsts):
+        if len(firsts) == 1:
+            return [f"trainable={display_value('trainable', (firsts[0]['config'] or {}).get('trainable'))}"]
+        return run_labels(firsts, ignore)
+
+    return sweep_plots.series(runs, axis, line_key, line_label)
 
 
 def main(argv=None):
     """Read every run first, then print the table and/or draw; print each written path. Errors exit 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.across and args.gamma:
+        parser.exit(2, f"{parser.prog}: error: --across and --gamma draw different pictures; give one\n")
     try:
-        runs = [(read_gamma_run if args.gamma else read_run)(path) for path in args.run_dirs]
+        folders = run_folders(args.run_dirs)
+        runs = [(read_gamma_run if args.gamma else read_run)(path) for path in folders]
         if not args.gamma:
             runs = [on_axis(run, args.x) for run in runs]
+        if args.across:
+            return across(runs, args.across, args.table, args.out, parser)
     except RunError as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     if args.table:
@@ -611,6 +655,27 @@ def main(argv=None):
     except OSError as e:
         parser.exit(2, f"{parser.prog}: error: cannot write ({e.strerror}) in {out}; "
                        "pick a writable --out folder\n")
+
+
+def across(runs, axis, table, out, parser):
+    """--across: the table and/or the two pictures of final accuracy and disabled features against `axis`."""
+    lines = across_lines(runs, axis)
+    if not lines:
+        raise RunError(f"no run has a numeric value of {axis} in its config.json; choose depth, width, "
+                       f"trainable_params or a numeric setting")
+    if table:
+        print(sweep_plots.across_table(lines, axis))
+        if out is None:
+            return
+    out = out or DEFAULT_OUT
+    try:
+        os.makedirs(out, exist_ok=True)
+        for metric, suffix in (("final_acc", "acc"), ("disabled", "disabled")):
+            path = os.path.join(out, f"{file_token(axis)}_{suffix}.png")
+            sweep_plots.draw_across(lines, axis, metric, path, saved_figure)
+            print(path)
+    except OSError as e:
+        parser.exit(2, f"{parser.prog}: error: cannot write ({e.strerror}) in {out}; pick a writable --out folder\n")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Stochastic L-BFGS for small trainable sets (BN-only ResNet-32: 2,272 parameters).
 
 torch.optim.LBFGS forms each curvature pair from the gradients of two different batches when it runs on
-mini-batches, and that noise drives its inverse-Hessian scale towards zero (README, L-BFGS section).
+mini-batches, and that noise drives its inverse-Hessian scale towards zero (docs/results.md, L-BFGS variants).
 Here every pair (s, y) measures the curvature of one fixed set of images, from one of three sources:
 
 - `same-batch` (the stochastic "batch mode" of Yatawatta et al., written here from its description):

@@ -12,15 +12,20 @@ Freezing (`freeze(model, mode, seed)`, one of TRAINABLE_MODES) leaves trainable 
 randomly chosen conv weights as BN has gamma/beta, 2 per conv output channel (every conv is followed by
 a BN of as many channels), and freezes everything else, BN and the linear layer included.
 
-Run `python resnet.py` for the parameter counts of every depth.
+Run `python resnet.py` for the parameter counts of the classic depths, `python resnet.py 14 218 866` for
+any others.
 """
+
+import re
+import sys
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
-DEPTHS = {"resnet20": 20, "resnet32": 32, "resnet44": 44, "resnet56": 56, "resnet110": 110, "resnet1202": 1202}
+DEPTHS = {"resnet20": 20, "resnet32": 32, "resnet44": 44, "resnet56": 56, "resnet110": 110, "resnet1202": 1202}  # He et al.'s
+PAPER_DEPTHS = (14, 32, 56, 110, 218, 434, 866)  # Frankle et al.'s BN-only depths
 TRAINABLE_MODES = ("all", "bn", "bn+fc", "fc", "none", "random")
 BN_INITS = ("uniform", "ones", "normal", "signed")
 RANDOM_PER_CHANNEL = 2  # conv weights trained per output channel in mode "random": as many as BN's gamma and beta
@@ -125,14 +130,19 @@ resnet110 = _constructor(110)
 resnet1202 = _constructor(1202)
 
 
-CONSTRUCTORS = {f.__name__: f for f in (resnet20, resnet32, resnet44, resnet56, resnet110, resnet1202)}
+def depth_of(arch: str) -> int:
+    """The depth D of the name 'resnetD'; D must be 6n + 2 with n >= 1 blocks per stage."""
+    match = re.fullmatch(r"resnet(\d+)", arch)
+    depth = int(match[1]) if match else 0
+    if depth < 8 or (depth - 2) % 6:
+        raise ValueError(f"unknown arch {arch!r}: a CIFAR ResNet is resnetD with depth D = 6n + 2 "
+                         f"(resnet8, resnet14, resnet20, ..., resnet866)")
+    return depth
 
 
 def build_model(arch: str, num_classes: int = 10, width: int = 1, bn_init: str = "uniform") -> ResNet:
-    """The ResNet named `arch` (one of DEPTHS)."""
-    if arch not in CONSTRUCTORS:
-        raise ValueError(f"unknown arch: {arch}")
-    return CONSTRUCTORS[arch](num_classes, width, bn_init)
+    """The ResNet named `arch`: 'resnetD' for any depth D = 6n + 2."""
+    return ResNet((depth_of(arch) - 2) // 6, num_classes, width, bn_init)
 
 
 def is_batchnorm(module: nn.Module) -> bool:
@@ -234,11 +244,12 @@ def count_parameters(model: nn.Module, mode: str = "all") -> int:
     return sum(p.numel() for p in select_parameters(model, mode))
 
 
-def parameter_table() -> str:
+def parameter_table(depths=tuple(DEPTHS.values())) -> str:
     """One row per depth: total, BN gamma/beta, BN + fc and random-mode parameter counts (CIFAR-10 head)."""
     lines = [f"{'arch':<11} {'depth':>5} {'total':>12} {'bn':>8} {'bn+fc':>8} {'random':>8}"]
     with torch.device("meta"):  # shapes only: no memory, no init cost
-        for arch, depth in DEPTHS.items():
+        for depth in depths:
+            arch = f"resnet{depth}"
             model = build_model(arch)
             freeze(model, "random")
             lines.append(f"{arch:<11} {depth:>5} {count_parameters(model):>12,} "
@@ -247,5 +258,16 @@ def parameter_table() -> str:
     return "\n".join(lines)
 
 
+def main(argv) -> int:
+    """python resnet.py [DEPTH or resnetD ...]: the table for those depths (default: He et al.'s)."""
+    try:
+        depths = [depth_of(a if a.startswith("resnet") else f"resnet{a}") for a in argv] or list(DEPTHS.values())
+    except ValueError as e:
+        print(f"resnet.py: error: {e}", file=sys.stderr)
+        return 2
+    print(parameter_table(depths))
+    return 0
+
+
 if __name__ == "__main__":
-    print(parameter_table())
+    sys.exit(main(sys.argv[1:]))

@@ -15,6 +15,7 @@ import random
 import signal
 import sys
 import time
+from contextlib import closing, nullcontext
 
 import numpy as np
 import torch
@@ -25,10 +26,12 @@ from distributed import World, any_rank, broadcast_value, world_from_env
 from config import FIELDS, RUNTIME_SETTINGS, Config, ConfigError, fail, parse_args, phase_at, resolve, to_dict
 from data import load_dataset
 from engine import (NATIVE_CPU_FLAGS, Compute, TrainingDiverged, all_finite, build_optimizer, build_scheduler,
-                    evaluate, job_sums, recalibrate_bn, resolve_precision, train_one_epoch)
+                    evaluate, job_sums, recalibrate_bn, resolve_precision, step_images, train_one_epoch)
 from resnet import build_model, count_parameters, freeze, select_parameters
 from runfiles import (RUN_FILES, CheckpointError, check_save_dir, checkpoint_path, load_checkpoint, rng_state,
                       save_checkpoint, set_rng_state, summarize, write_history, write_json)
+from stopping import SYNC_EVERY, GracefulStop, RunStopped
+from tensorboard_log import TensorBoardLog
 
 
 def resolve_device(name: str, world: World = World()) -> torch.device:
@@ -140,40 +143,6 @@ def main(argv=None) -> int:
         fail(f"{rank}{e}; lower --lr (the last good checkpoint is kept)", status=3)
     except KeyboardInterrupt:  # every run file is replaced atomically: the last saved checkpoint is intact
         fail(f"{rank}interrupted; continue from the last saved checkpoint with --resume RUN_DIR", status=130)
-
-
-SYNC_EVERY = 10  # under torchrun, training steps between the ranks' checks for a signal or a due checkpoint
-
-
-class RunStopped(Exception):
-    """SIGINT or SIGTERM stopped the run after a checkpoint was written."""
-
-    def __init__(self, signum: int, save_dir: str, where: str, world: World = World()):
-        launcher = f"torchrun --nproc_per_node={world.local_size}" if world.active else "python"
-        super().__init__(f"stopped by {signal.Signals(signum).name} {where}; checkpoint saved; "
-                         f"continue with: {launcher} train.py --resume {save_dir}")
-        self.signal = signum
-
-
-class GracefulStop:
-    """While active, SIGINT/SIGTERM ask the epoch loop to stop after the current step; a second SIGINT
-    stops at once (KeyboardInterrupt)."""
-
-    def __init__(self):
-        self.signal = None
-
-    def __enter__(self):
-        self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def __exit__(self, *exc_info):
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-
-    def handle(self, signum, frame):
-        if self.signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signal = signum
 
 
 @dataclasses.dataclass
@@ -336,6 +305,7 @@ def train(cfg: Config, ex: Experiment, device: torch.device) -> int:
             f"--precision fp32 is faster", file=sys.stderr)
     checkpoint_file = os.path.join(cfg.save_dir, "checkpoint.pt")
     last_save, saved_epoch = time.monotonic(), None
+    board = open_board(cfg, ex) if cfg.tensorboard and world.main else None
 
     def save(epoch: int, progress=None) -> None:
         nonlocal last_save, saved_epoch
@@ -347,13 +317,17 @@ def train(cfg: Config, ex: Experiment, device: torch.device) -> int:
             save_checkpoint(checkpoint_file, checkpoint_state(cfg, ex, epoch, progress))
         last_save, saved_epoch = time.monotonic(), (epoch if progress is None else None)
 
-    with GracefulStop() as stop:
+    with GracefulStop() as stop, closing(board) if board is not None else nullcontext():
         def stopping() -> bool:  # a signal reached any rank (the same answer everywhere)
             return any_rank(world, stop.signal is not None)[0]
 
         for epoch in range(ex.start_epoch, cfg.epochs + 1):
             def after_step(progress, epoch=epoch):
-                """Mid-epoch checkpoint when a signal came or --checkpoint-minutes passed."""
+                """TensorBoard's running loss; mid-epoch checkpoint when a signal came or --checkpoint-minutes passed."""
+                if board is not None and cfg.print_freq and progress["step"] % cfg.print_freq == 0:
+                    seen = max(progress["images"], 1)
+                    board.running(epoch, images_done(cfg, ex, progress), progress["loss_sum"].item() / seen,
+                                  100.0 * progress["correct"].item() / seen)
                 if world.active and progress["step"] % SYNC_EVERY:
                     return  # the ranks agree on saving or stopping every SYNC_EVERY steps
                 due = bool(cfg.checkpoint_minutes) and time.monotonic() - last_save >= 60 * cfg.checkpoint_minutes
@@ -378,14 +352,30 @@ def train(cfg: Config, ex: Experiment, device: torch.device) -> int:
             if epoch % cfg.save_every == 0 or epoch == cfg.epochs or stopping():
                 save(epoch)
             if world.main:
+                gamma = gamma_stats(ex.model.state_dict())
                 write_json(os.path.join(cfg.save_dir, "summary.json"),
                            summarize(ex.history, sum(p.numel() for p in ex.params), total, world_size=world.size,
-                                     gamma=gamma_stats(ex.model.state_dict())))
+                                     gamma=gamma))
+                if board is not None:
+                    board.epoch(row, gamma)
             if epoch < cfg.epochs and stopping():
                 if saved_epoch != epoch:  # the signal came while this epoch's files were being written
                     save(epoch)
                 raise RunStopped(stop.signal or signal.SIGTERM, cfg.save_dir, f"after epoch {epoch}", world)
     return 0
+
+
+def open_board(cfg: Config, ex: Experiment) -> TensorBoardLog:
+    """The TensorBoard log of this run, taking over after the images the checkpoint had seen."""
+    images = len(ex.splits["train"][1])
+    seen = (ex.start_epoch - 1) * images + (images_done(cfg, ex, ex.progress) if ex.progress else 0)
+    return TensorBoardLog(cfg.save_dir, to_dict(cfg), images, seen)
+
+
+def images_done(cfg: Config, ex: Experiment, progress: dict) -> int:
+    """Training images of the epoch that the job has stepped through (all ranks)."""
+    lbfgs = cfg.optimizer == "lbfgs" and ex.optimizer is not None
+    return min(progress["step"] * step_images(cfg, lbfgs) * ex.world.size, len(ex.splits["train"][1]))
 
 
 def checkpoint_state(cfg: Config, ex: Experiment, epoch: int, progress=None) -> dict:

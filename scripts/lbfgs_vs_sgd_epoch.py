@@ -1,7 +1,7 @@
 """One BN-only epoch of SGD and of the default L-BFGS, both fp32, on 10,000 JPEG images, in two interleaved
 rounds (each a fresh train.py process, timed by bench.project_whole_run):
 
-    python scripts/lbfgs_vs_sgd_epoch.py     # expects the images in /tmp/cifar10-jpeg (README: Results)
+    python scripts/lbfgs_vs_sgd_epoch.py     # expects the images in /tmp/cifar10-jpeg (docs/results.md)
 """
 import sys
 sys.path.insert(0, __import__("os").path.join(__import__("os").path.dirname(__file__), ".."))

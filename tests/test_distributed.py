@@ -45,13 +45,14 @@ def test_world_from_torchrun_environment():
     assert (world.rank, world.size, world.local_rank, world.main, world.active) == (3, 4, 1, False, True)
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "lbfgs"])
+@pytest.mark.parametrize("optimizer", ["sgd", pytest.param("lbfgs", marks=pytest.mark.slow)])
 def test_two_processes_write_one_run(tmp_path, optimizer):
     folder = tmp_path / optimizer
     result = torchrun(*SMALL, "--optimizer", optimizer, "-b", "32", "--lbfgs-batch-size", "64",
-                      "--lbfgs-max-iter", "2", "--save-dir", folder)
+                      "--lbfgs-max-iter", "2", "--tensorboard", "--save-dir", folder)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert sorted(os.listdir(folder)) == ["checkpoint.pt", "config.json", "history.csv", "summary.json"]
+    assert sorted(os.listdir(folder)) == ["checkpoint.pt", "config.json", "history.csv", "summary.json", "tensorboard"]
+    assert len(os.listdir(folder / "tensorboard")) == 1  # one event file: rank 0's
     rows = read_csv(folder / "history.csv")
     assert [r["epoch"] for r in rows] == ["1", "2"]  # one writer
     assert result.stdout.count("epoch    1/2") == 1  # one printer
@@ -60,6 +61,7 @@ def test_two_processes_write_one_run(tmp_path, optimizer):
     assert json.loads((folder / "summary.json").read_text())["world_size"] == 2
 
 
+@pytest.mark.slow  # the fast suite has --sync-bn in the lockstep test
 def test_sync_bn_two_by_64_follows_one_by_128(tmp_path):
     single = run_train(*SMALL, "-b", "128", "--save-dir", tmp_path / "single")
     double = torchrun(*SMALL, "-b", "64", "--sync-bn", "true", "--save-dir", tmp_path / "double")
@@ -115,8 +117,9 @@ def _lockstep_worker(rank, size, init_file, out_dir, sync_bn, chunk, variant="to
     stop(world)
 
 
-@pytest.mark.parametrize("sync_bn,chunk,variant", [(False, 0, "torch"), (True, 0, "torch"), (True, 8, "torch"),
-                                                   (False, 0, "batch"), (True, 8, "multibatch"), (False, 0, "hvp")])
+@pytest.mark.parametrize("sync_bn,chunk,variant", [
+    (True, 8, "multibatch"), *(pytest.param(*case, marks=pytest.mark.slow) for case in (
+        (False, 0, "torch"), (True, 0, "torch"), (True, 8, "torch"), (False, 0, "batch"), (False, 0, "hvp")))])
 def test_lbfgs_ranks_take_identical_steps(tmp_path, sync_bn, chunk, variant):
     mp.spawn(_lockstep_worker, args=(2, str(tmp_path / "init"), str(tmp_path), sync_bn, chunk, variant), nprocs=2,
              join=True)
@@ -134,6 +137,7 @@ def test_lbfgs_ranks_take_identical_steps(tmp_path, sync_bn, chunk, variant):
     assert any(not torch.equal(a, b) for a, b in zip(ranks[0]["params"], start))  # training moved them
 
 
+@pytest.mark.slow
 def test_sigterm_to_torchrun_saves_mid_epoch_and_the_resumed_run_matches(tmp_path):
     args = [*TINY, "-t", "bn", "--epochs", "4", "-b", "16", "--train-size", "512", "--save-dir"]
     straight = torchrun(*args, tmp_path / "straight")

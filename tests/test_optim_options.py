@@ -54,7 +54,7 @@ def test_bad_max_eval_is_refused():
 
 def test_without_line_search_lbfgs_takes_max_iter_passes_and_a_short_first_step():
     """No line search: one pass per iteration, and from an empty memory torch's step along -g is
-    min(1, 1/|g|_1) * lr (the README says so)."""
+    min(1, 1/|g|_1) * lr (docs/usage.md says so)."""
     images, labels = batch(32)
     model, cfg, optimizer = lbfgs_model("--lbfgs-line-search", "none", "--lbfgs-max-iter", "1", "--lr", "0.5")
     model.eval()

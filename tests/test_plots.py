@@ -4,14 +4,14 @@
 import importlib.util
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from matplotlib import colors
 from matplotlib import image as mpimg
+
+from conftest import run_main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,9 +61,9 @@ def write_history(folder, columns, *rows):
 
 
 def run_cli(*args):
-    """Run plots.py as a program from the repo root; return the CompletedProcess."""
-    return subprocess.run([sys.executable, "plots.py", *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+    """plots.py from the repo root, in this process (a new interpreter and matplotlib's import would cost
+    seconds a call)."""
+    return run_main(plots.main, "plots.py", args)
 
 
 def written(out):

@@ -87,7 +87,8 @@ def test_cpu_emulates_nothing_where_the_flags_cannot_be_read(monkeypatch):
     assert not any(engine.cpu_emulates(p) for p in ("fp32", "bf16", "fp16"))
 
 
-@pytest.mark.parametrize("precision, noted", [("bf16", True), ("fp16", True), ("fp32", False)])
+@pytest.mark.parametrize("precision, noted", [("bf16", True), pytest.param("fp16", True, marks=pytest.mark.slow),
+                                              ("fp32", False)])
 def test_run_notes_an_emulated_precision(monkeypatch, capsys, tmp_path, precision, noted):
     monkeypatch.setattr(engine, "open", lambda *args: io.StringIO(AVX2_ONLY), raising=False)
     args = [*TINY_AUTO, "--epochs", "1", "--train-size", "64", "--precision", precision]
@@ -169,7 +170,7 @@ def test_channels_last_model_computes_the_same_function():
     assert torch.allclose(model(x.contiguous(memory_format=torch.channels_last)), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("precision", ["fp32", *(pytest.param(name, marks=pytest.mark.slow) for name in ("bf16", "fp16"))])
 def test_each_precision_trains_and_is_recorded(tmp_path, precision):
     folder = tmp_path / precision
     result = run_train(*TINY, "--epochs", "1", "--train-size", "128", "--precision", precision, "--save-dir", folder)

@@ -1,5 +1,7 @@
 """The CIFAR ResNets: sizes, option-A structure, init, and which parameters each freeze mode trains."""
 
+import argparse
+
 import pytest
 import torch
 import torch.nn as nn
@@ -257,6 +259,7 @@ def test_unknown_mode_rejected():
         select_parameters(build_model("resnet20"), "bogus")
 
 
+@pytest.mark.slow  # builds every depth up to ResNet-1202; the counts per depth are tested above
 def test_resnet_py_prints_the_table():
     import subprocess
     import sys
@@ -265,3 +268,35 @@ def test_resnet_py_prints_the_table():
     row = next(line for line in out.splitlines() if line.startswith("resnet32 "))
     assert "464,154" in row and "2,272" in row and "2,922" in row
     assert out.splitlines()[0].split()[-1] == "random" and row.split()[-1] == "2,272"
+
+
+def test_any_depth_6n_plus_2_builds_and_others_are_refused():
+    """The paper's deepest ResNet builds, with 2 x (16 + 2n (16 + 32 + 64)) BN gamma/beta for n blocks a stage."""
+    from config import arch_name
+    model = resnet.build_model("resnet866")
+    n = (866 - 2) // 6
+    assert count_parameters(model, "bn") == 2 * (16 + 2 * n * (16 + 32 + 64)) == 64_544
+    assert len(model.layer3) == n
+    for depth in range(0, 100):  # config's check of a name and the model's agree
+        name = f"resnet{depth}"
+        valid = depth >= 8 and (depth - 2) % 6 == 0
+        if valid:
+            assert arch_name(name) == name and resnet.depth_of(name) == depth
+        else:
+            with pytest.raises(ValueError, match="6n"):
+                resnet.depth_of(name)
+            with pytest.raises(argparse.ArgumentTypeError, match="6n"):
+                arch_name(name)
+    for name in ("resnet", "resnet-32", "ResNet32", "resnet32x"):
+        with pytest.raises(ValueError):
+            resnet.depth_of(name)
+
+
+def test_resnet_py_prints_the_depths_it_is_given(capsys):
+    assert resnet.main(["14", "resnet218"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert [row.split()[0] for row in rows] == ["arch", "resnet14", "resnet218"]
+    assert rows[1].split()[3] == "928"  # BN gamma/beta of ResNet-14: 2 x (16 + 2 x 2 x 112)
+    assert resnet.main(["33"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "resnet33" in error[0] and "6n + 2" in error[0]

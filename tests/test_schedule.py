@@ -101,7 +101,7 @@ def test_phases_switch_training_and_record_the_phase(tmp_path):
     assert torch.load(folder / "checkpoint.pt", weights_only=True)["phase"] == 1
 
 
-@pytest.mark.parametrize("stop_epoch", [2, 3])  # stopped at the switch, or within the second phase
+@pytest.mark.parametrize("stop_epoch", [2, pytest.param(3, marks=pytest.mark.slow)])  # at the switch, or after it
 def test_resume_across_phases_matches_the_uninterrupted_run(tmp_path, stop_epoch):
     args = [*TINY, "--phases", "bn:1,all:3", "--val-split", "64", "--optimizer", "adam"]
     straight = run_train(*args, "--save-dir", tmp_path / "straight")
