@@ -75,6 +75,7 @@ def test_sync_bn_two_by_64_follows_one_by_128(tmp_path):
             assert float(b[column]) == pytest.approx(float(a[column]), abs=100 / 64 + 1e-9), column
 
 
+@pytest.mark.slow  # three torchrun jobs; the fast suite has one torchrun run and resumes in one process
 def test_resume_under_torchrun_continues_exactly_and_needs_the_same_world(tmp_path):
     straight = torchrun(*SMALL, "-b", "32", "--epochs", "3", "--milestones", "2", "--save-dir", tmp_path / "straight")
     first = torchrun(*SMALL, "-b", "32", "--epochs", "2", "--milestones", "2", "--save-dir", tmp_path / "split")
