@@ -360,8 +360,13 @@ def read_config_file(path: str) -> dict:
         raise ConfigError(f"--config {path} is not valid JSON/YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"--config {path} must hold a mapping of flag names to values")
-    names = (str(k).lstrip("-").replace("-", "_") for k in values)
-    return {ALIASES.get(name, name): v for name, v in zip(names, values.values())}
+    return {setting_name(key): value for key, value in values.items()}
+
+
+def setting_name(key) -> str:
+    """The field name of a settings-file key written as a flag: "--use-lbfgs", "use_lbfgs", "wd"."""
+    name = str(key).lstrip("-").replace("-", "_")
+    return ALIASES.get(name, name)
 
 
 def coerce(name: str, value):

@@ -7,7 +7,7 @@
 
 A grid file holds `base:` (settings every run shares) and `axes:` (setting -> list of values); the runs
 are the product of the axes. Setting names are those of train.py's flags and --config files. Each run
-gets a folder under the sweep folder (default sweeps/<grid file name>), named from the values that vary
+gets a folder under the sweep folder (default sweeps/<grid file name>), named from its values on the axes
 (`arch=resnet14,trainable=bn,seed=0`, as Hydra names its multirun folders), with train.py's run files and
 the launcher's `train.log` and `sweep_status.json`.
 
@@ -45,7 +45,7 @@ class SweepError(ValueError):
 
 @dataclasses.dataclass
 class Run:
-    name: str  # the folder name, from the values that vary
+    name: str  # the folder name, from the run's values on the axes
     settings: dict  # field name -> value, base and axes together
     folder: str
 
@@ -90,8 +90,7 @@ def read_grid(path: str, overrides=()) -> tuple:
 
 def settings_of(mapping: dict, where: str) -> dict:
     """Keys as Config field names (flag spellings and aliases allowed); the sweep's own are refused."""
-    names = {config.ALIASES.get(key, key): value for key, value in
-             ((str(k).lstrip("-").replace("-", "_"), v) for k, v in mapping.items())}
+    names = {config.setting_name(key): value for key, value in mapping.items()}
     for name in names:
         if name not in config.FIELDS:
             raise SweepError(f"{where}: unknown setting {name!r}; see train.py --help for the names")
@@ -230,11 +229,11 @@ def launch_local(todo: list, states: dict, places: list) -> int:
                 run, place = waiting.pop(0), free.pop(0)
                 os.makedirs(run.folder, exist_ok=True)
                 log_path = os.path.join(run.folder, LOG_FILE)
+                args = command(run, states[run.name])
                 with open(log_path, "a") as log:
-                    log.write(f"== {time.strftime('%F %T')} {' '.join(command(run, states[run.name]))}\n")
+                    log.write(f"== {time.strftime('%F %T')} {' '.join(args)}\n")
                     start = log.tell()
-                    process = subprocess.Popen(command(run, states[run.name]), stdout=log, stderr=subprocess.STDOUT,
-                                               env={**os.environ, **place})
+                    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **place})
                 running[process] = (run, place, start)
                 stop.children.append(process)
                 print(f"started  {run.name}", flush=True)

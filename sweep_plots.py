@@ -36,13 +36,11 @@ def axis_settings(axis: str) -> tuple:
 
 def final_metrics(run: dict) -> dict:
     """Final and best held-out accuracy (val, else test) and the disabled-feature fraction of one run."""
-    history = run["history"]
-    split = analysis.held_out_split([history])
-    accs = history.get(f"{split}_acc", []) if split else []
-    disabled = ((run.get("summary") or {}).get("disabled_features") or {}).get("overall", math.nan)
-    return {"split": split, "final_acc": accs[-1] if accs else math.nan,
-            "best_acc": analysis.finite_max(accs) if accs else math.nan,
-            "disabled": math.nan if disabled is None else float(disabled)}
+    split = analysis.held_out_split([run["history"]])
+    table = analysis.run_metrics(run["history"], split)  # the numbers of plots.py --table
+    disabled = ((run.get("summary") or {}).get("disabled_features") or {}).get("overall")
+    return {name: math.nan if value is None else float(value) for name, value in
+            (("final_acc", table["final_acc"]), ("best_acc", table["best_acc"]), ("disabled", disabled))}
 
 
 def series(runs: list, axis: str, line_key, line_label) -> list:
