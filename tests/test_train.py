@@ -64,7 +64,8 @@ def test_same_seed_same_history_and_other_seed_differs(tmp_path):
     assert runs["a"] != runs["c"]
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "lbfgs"])
+# lbfgs is slow: the multibatch mid-epoch resume (test_interrupts) is the fast L-BFGS representative
+@pytest.mark.parametrize("optimizer", ["sgd", pytest.param("lbfgs", marks=pytest.mark.slow)])
 def test_resume_continues_exactly(tmp_path, optimizer):
     common = [*TINY, "-t", "bn", "--optimizer", optimizer, "--lbfgs-batch-size", "128", "--lbfgs-max-iter", "2"]
     straight = run_train(*common, "--epochs", "3", "--milestones", "2", "--save-dir", tmp_path / "straight")
