@@ -36,7 +36,7 @@ LBFGS_DEFAULTS = {
     "batch": {"lbfgs_batch_size": 128, "lbfgs_max_iter": 2, "lbfgs_history": 7, "lbfgs_line_search": "armijo",
               "lbfgs_variance_scaling": True, "lbfgs_damping": 1e-6},
     "multibatch": {"lbfgs_batch_size": 256, "lbfgs_max_iter": 1, "lbfgs_history": 10, "lbfgs_line_search": "none",
-                   "lbfgs_variance_scaling": False, "lbfgs_damping": 1e-6},
+                   "lbfgs_variance_scaling": False, "lbfgs_damping": 0.05},
     "hvp": {"lbfgs_batch_size": 256, "lbfgs_max_iter": 1, "lbfgs_history": 10, "lbfgs_line_search": "none",
             "lbfgs_variance_scaling": False, "lbfgs_damping": 1e-6},
 }
@@ -47,7 +47,7 @@ LBFGS_LR = {"multibatch": 2.0}
 
 
 def _variant_defaults(name: str) -> str:
-    return ", ".join(f"{variant} {values[name]}" for variant, values in LBFGS_DEFAULTS.items())
+    return ", ".join(f"{variant} {values[name]}" for variant, values in LBFGS_DEFAULTS.items() if name in values)
 
 
 DEFAULT_BN_RECALIBRATE = {"lbfgs": 4096}  # images; used when --bn-recalibrate is not given (0 if not listed)
@@ -218,8 +218,9 @@ class Config:  # in the order of SECTIONS
         "signal-to-noise ratio across batches, |mean|^2 / (|mean|^2 + trace of the covariance) (default per "
         "variant: " + _variant_defaults("lbfgs_variance_scaling") + ")", type=str2bool, metavar="BOOL"))
     lbfgs_damping: Optional[float] = field(default=None, metadata=_flag(
-        "stochastic variants: y += damping x s in every curvature pair, which bounds the inverse Hessian "
-        "by 1/damping (default 1e-6, the batch mode's, which bounds nothing in practice)"))
+        "stochastic variants: y += damping x s in every curvature pair of positive curvature, which bounds "
+        "the inverse Hessian by 1/damping (default per variant: " + _variant_defaults("lbfgs_damping") + "; "
+        "1e-6 is the batch mode's, which bounds nothing in practice)"))
     lbfgs_momentum: float = field(default=0.0, metadata=_flag(
         "stochastic variants with --lbfgs-line-search none: apply L-BFGS to a running average of the "
         "gradients, m = b m + (1 - b) g, instead of each batch's own (0: off)"))

@@ -15,9 +15,10 @@ Here every pair (s, y) measures the curvature of one fixed set of images, from o
   the exact curvature the secant pair approximates (SQN, Byrd et al. 2016, forms such pairs every few
   steps on a subsample; with 2,272 parameters one per step is affordable).
 
-All of them share `two_loop` and line_search.backtracking. Every y gets `damping` x s added (the batch
-mode adds 1e-6 x s; larger values bound the inverse Hessian by 1/damping, as a Levenberg-Marquardt term
-would) and a pair is stored only when y.s > CURVATURE_EPS x |s|^2. With `momentum` b > 0 the
+All of them share `two_loop` and line_search.backtracking. A pair is stored only when its measured
+y.s > CURVATURE_EPS x |s|^2, and then gets `damping` x s added to y (the batch mode adds 1e-6 x s; larger
+values bound the inverse Hessian by 1/damping, as a Levenberg-Marquardt term would: multibatch's 0.05
+keeps the rare pairs of near-zero curvature from making steps 100x the usual, docs/results.md). With `momentum` b > 0 the
 recursion is applied to a running average of the gradients, m <- b m + (1 - b) g, instead of the
 batch's own (an idea of ours: the noise of one batch's gradient is what a quasi-Newton step amplifies).
 
@@ -39,7 +40,7 @@ from line_search import backtracking
 
 PAIR_SOURCES = ("same-batch", "overlap", "hvp")
 LINE_SEARCHES = ("armijo", "none")
-DAMPING = 1e-6  # default y += damping * s: keeps y.s positive where the curvature along s is ~0
+DAMPING = 1e-6  # default y += damping * s (the batch mode's): bounds the inverse Hessian by 1e6 only
 CURVATURE_EPS = 1e-10  # a pair is stored only when y.s > CURVATURE_EPS * |s|^2
 
 
@@ -128,11 +129,13 @@ class StochasticLBFGS(torch.optim.Optimizer):
 
     def remember(self, state: dict, s: torch.Tensor, y: torch.Tensor) -> bool:
         """Store the pair (s, y + damping s) when it passes the curvature test; drop the oldest past the
-        history size. Returns whether it was stored."""
-        y = y + self.param_groups[0]["damping"] * s
+        history size. Returns whether it was stored. The test is on the measured pair, before the damping:
+        damping a pair of negative curvature would make its y.s a small positive number, and its inverse
+        Hessian along s unbounded."""
         ys, ss = float(y @ s), float(s @ s)
         if not (math.isfinite(ys) and ys > CURVATURE_EPS * ss and ss > 0):
             return False
+        y = y + self.param_groups[0]["damping"] * s
         start = max(0, len(state["s"]) + 1 - self.param_groups[0]["history_size"])  # the oldest kept
         state["s"] = torch.cat([state["s"][start:], s[None]])
         state["y"] = torch.cat([state["y"][start:], y[None]])

@@ -154,6 +154,20 @@ def test_the_memory_fills_to_the_history_size_and_then_drops_the_oldest():
     assert not optimizer.remember(state, pairs[0][0], -pairs[0][1])  # negative curvature is refused
 
 
+
+def test_damping_bounds_the_inverse_hessian_and_never_rescues_negative_curvature():
+    """A stored pair's curvature y.s / s.s is at least the damping; a pair of slightly negative curvature,
+    which the damping would lift to a tiny positive one (an inverse Hessian of ~1/0.001 along s), is refused."""
+    x = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    optimizer = StochasticLBFGS([x], line_search="none", damping=0.05)
+    state = optimizer._state()
+    s = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    assert not optimizer.remember(state, s, -0.049 * s)  # 0.05 - 0.049 would pass a test after the damping
+    assert optimizer.remember(state, s, 0.001 * s)  # small positive curvature: stored, damped to 0.051
+    assert float(state["y"][-1] @ s) == pytest.approx(0.051)
+    direction = two_loop(s, state["s"], state["y"], optimizer.gamma(state))
+    assert float(direction.norm()) <= 1 / 0.05  # |H g| <= |g| / damping
+
 def test_same_batch_pairs_never_mix_two_batches():
     x = torch.nn.Parameter(torch.zeros(4, dtype=torch.float64))
     optimizer = StochasticLBFGS([x], lr=0.5, pairs="same-batch", max_iter=3, line_search="armijo", history_size=100)
