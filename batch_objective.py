@@ -14,7 +14,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-from data import augment
 from distributed import World, all_sum_vector, shard
 from quasi_newton import flat
 from resnet import is_batchnorm
@@ -210,13 +209,13 @@ def lbfgs_chunks(batch: int, world: World, chunk_size: int) -> int:
     return max(1, math.ceil((batch // world.size) / chunk_size))
 
 
-def batch_objective(model, optimizer, cfg, batch: tuple, stats, generator, compute, decayed: list,
+def batch_objective(model, optimizer, cfg, batch: tuple, pipeline, generator, compute, decayed: list,
                     world: World, progress: dict, poison: bool = False) -> BatchObjective:
-    """The objective of one stochastic L-BFGS step on a global batch of uint8 images and labels: augmented
+    """The objective of one stochastic L-BFGS step on a global batch (images or waves, and labels): augmented
     as a whole (every rank draws the same numbers), each part split over the ranks and into
     --lbfgs-chunk-size pieces. The multibatch variant's batch is the previous step's new half (kept in
     `progress`, so a mid-epoch checkpoint holds it; an epoch's first step has none) and this one's."""
-    parts = [(augment(batch[0], generator), batch[1])]
+    parts = [(pipeline.augment(batch[0], generator), batch[1])]
     if cfg.lbfgs_variant == "multibatch":  # two plain tensors, so a resumed run moves them to its device
         if progress.get("overlap_images") is not None:
             parts.insert(0, (progress["overlap_images"], progress["overlap_labels"]))
@@ -224,7 +223,7 @@ def batch_objective(model, optimizer, cfg, batch: tuple, stats, generator, compu
     pieces = []
     for number, (part_images, part_labels) in enumerate(parts):
         mine = shard(len(part_labels), world)
-        x, y = compute.inputs(part_images[mine], stats), part_labels[mine]
+        x, y = compute.inputs(part_images[mine], pipeline), part_labels[mine]
         if poison:
             x = x * float("nan")
         chunks = lbfgs_chunks(len(part_labels), world, cfg.lbfgs_chunk_size)

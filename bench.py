@@ -89,32 +89,33 @@ def step_flops(trainable: str) -> float:
 
 def data_path_ms(compute: Compute, batches: int = 100) -> float:
     """Milliseconds per batch of train.py's data path: gather, crop/flip, normalise, layout."""
-    from data import augment, epoch_order
+    from data import ImageInputs, epoch_order
     device = compute.device
     images = torch.randint(0, 256, (45000, 3, 32, 32), dtype=torch.uint8, device=device)
-    stats = (torch.full((3, 1, 1), 0.5, device=device), torch.full((3, 1, 1), 0.25, device=device))
+    pipeline = ImageInputs((0.5,) * 3, (0.25,) * 3, device)
     generator = torch.Generator(device=device).manual_seed(0)
     order = epoch_order(len(images), generator).split(BATCH)[:batches]
-    compute.inputs(augment(images[order[0]], generator), stats)  # warm-up (GPU kernels load on first use)
+    compute.inputs(pipeline.augment(images[order[0]], generator), pipeline)  # warm-up (GPU kernels load on first use)
     synchronize(device)
     start = time.perf_counter()
     for index in order:
-        compute.inputs(augment(images[index], generator), stats)
+        compute.inputs(pipeline.augment(images[index], generator), pipeline)
     synchronize(device)
     return 1000 * (time.perf_counter() - start) / len(order)
 
 
 def eval_seconds(compute: Compute, n: int = 10000) -> float:
     """Seconds to evaluate n images the way train.py does (uint8 tensors in memory)."""
+    from data import ImageInputs
     from engine import evaluate
     device = compute.device
     model = compute.place(build_model("resnet32"))
     split = (torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, device=device),
              torch.randint(0, 10, (n,), device=device))
-    stats = (torch.full((3, 1, 1), 0.5, device=device), torch.full((3, 1, 1), 0.25, device=device))
-    evaluate(model, (split[0][:1024], split[1][:1024]), stats, compute)  # warm-up
+    pipeline = ImageInputs((0.5,) * 3, (0.25,) * 3, device)
+    evaluate(model, (split[0][:1024], split[1][:1024]), pipeline, compute)  # warm-up
     start = time.perf_counter()
-    evaluate(model, split, stats, compute)
+    evaluate(model, split, pipeline, compute)
     return time.perf_counter() - start  # evaluate() reads its sums back, so the device has finished
 
 

@@ -17,6 +17,15 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 ARCHS = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet1202")  # He et al.'s; any 6n+2 builds
+AUDIO_ARCHS = ("resnet1d20", "resnet1d32", "resnet1d56")  # their 1-D analogues over time; any 6n+2 builds
+DATASETS = ("cifar10", "cifar100", "imagefolder", "synthetic", "audiofolder", "synthetic-audio")
+AUDIO_DATASETS = ("audiofolder", "synthetic-audio")
+# audio data's defaults where the flag is not given (docs/results.md: speech)
+IMAGE_DEFAULTS = {"arch": "resnet32", "width": 1, "epochs": 160, "batch_size": 128}
+AUDIO_DEFAULTS = {"arch": "resnet1d32", "width": 2, "epochs": 30, "batch_size": 64}
+AUDIO_SETTINGS = ("sample_rate", "clip_seconds", "n_mels", "frame_ms", "hop_ms", "top_db", "time_shift_ms",
+                  "time_mask", "freq_mask")
+FSDD_GROUP_REGEX = r"^[^_]*_([^_]*)_"  # {digit}_{speaker}_{index}.wav: the speaker
 TRAINABLE = ("all", "bn", "bn+fc", "fc", "none", "random")
 PHASE_MODES = ("all", "bn", "bn+fc", "fc", "none")  # random draws its entries once, so it cannot be a later phase
 BN_INITS = ("uniform", "ones", "normal", "signed")
@@ -68,12 +77,21 @@ def str2bool(text: str) -> bool:
 
 
 def arch_name(text) -> str:
-    """Check a model name: resnetD with depth D = 6n + 2, n >= 1 (resnet.depth_of's rule)."""
-    match = re.fullmatch(r"resnet(\d+)", str(text))
-    if not match or int(match[1]) < 8 or (int(match[1]) - 2) % 6:
-        raise argparse.ArgumentTypeError(f"expected resnetD with depth D = 6n + 2 (resnet8, resnet14, resnet20, "
-                                         f"..., resnet866), got {text!r}")
+    """Check a model name: resnetD or resnet1dD with depth D = 6n + 2, n >= 1 (resnet.depth_of's rule)."""
+    match = re.fullmatch(r"resnet(1d)?(\d+)", str(text))
+    if not match or int(match[2]) < 8 or (int(match[2]) - 2) % 6:
+        raise argparse.ArgumentTypeError(f"expected resnetD (images) or resnet1dD (audio) with depth D = 6n + 2 "
+                                         f"(resnet8, resnet14, resnet20, ..., resnet866), got {text!r}")
     return str(text)
+
+
+def name_list(text) -> list:
+    """Parse 'george,theo' (or a config file's list) into a list of names."""
+    values = text if isinstance(text, (list, tuple)) else str(text).split(",")
+    values = [str(v).strip() for v in values if str(v).strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return values
 
 
 def int_list(text) -> list:
@@ -143,10 +161,15 @@ def _flag(help, *aliases, **kwargs):
 
 @dataclass
 class Config:  # in the order of SECTIONS
-    arch: str = field(default="resnet32", metadata=_flag(
+    arch: Optional[str] = field(default=None, metadata=_flag(
         "CIFAR ResNet resnetD of any depth D = 6n+2: He et al.'s " + ", ".join(ARCHS) + ", the BN-only paper's "
-        "resnet14, resnet218, resnet434, resnet866, or any other", "-a", type=arch_name, metavar="resnetD"))
-    width: int = field(default=1, metadata=_flag("channel multiplier: stages have 16K/32K/64K channels"))
+        "resnet14, resnet218, resnet434, resnet866, or any other; for audio data its 1-D analogue resnet1dD ("
+        + ", ".join(AUDIO_ARCHS) + ", ...) (default " + IMAGE_DEFAULTS["arch"] + "; " + AUDIO_DEFAULTS["arch"] +
+        " with audio data)",
+        "-a", type=arch_name, metavar="resnetD"))
+    width: Optional[int] = field(default=None, metadata=_flag(
+        f"channel multiplier: stages have 16K/32K/64K channels (default {IMAGE_DEFAULTS['width']}; "
+        f"{AUDIO_DEFAULTS['width']} with audio data)", metavar="K"))
     trainable: str = field(default="all", metadata=_flag(
         "parameters to train: all | bn (BatchNorm gamma/beta only) | bn+fc | fc (final linear) | "
         "none (forward passes only: BN running statistics still update) | random (the paper's control: 2 "
@@ -162,8 +185,12 @@ class Config:  # in the order of SECTIONS
     optimizer: str = field(default="sgd", metadata=_flag("torch.optim optimizer", choices=OPTIMIZERS))
     use_lbfgs: Optional[bool] = field(default=None, metadata=_flag(
         "true/false: shorthand for --optimizer lbfgs / sgd", type=str2bool, metavar="BOOL"))
-    epochs: int = field(default=160, metadata=_flag("number of epochs"))
-    batch_size: int = field(default=128, metadata=_flag("SGD mini-batch size (images)", "-b"))
+    epochs: Optional[int] = field(default=None, metadata=_flag(
+        f"number of epochs (default {IMAGE_DEFAULTS['epochs']}; {AUDIO_DEFAULTS['epochs']} with audio data)"))
+    batch_size: Optional[int] = field(default=None, metadata=_flag(
+        f"SGD mini-batch size (images or clips) (default {IMAGE_DEFAULTS['batch_size']}; "
+        f"{AUDIO_DEFAULTS['batch_size']} with audio data)",
+        "-b"))
     lr: Optional[float] = field(default=None, metadata=_flag(
         "learning rate; for L-BFGS the step, or the line search's first trial (default per optimizer: " +
         ", ".join(f"{name} {lr:g}" for name, lr in DEFAULT_LR.items()) + "; the multibatch L-BFGS "
@@ -233,8 +260,9 @@ class Config:  # in the order of SECTIONS
         "leave the running averages stale, 0 for SGD)"))
     seed: int = field(default=0, metadata=_flag("random seed: same seed and flags give the same run on the CPU"))
     dataset: str = field(default="cifar10", metadata=_flag(
-        "cifar10 | cifar100 | imagefolder (DATA_DIR/train/<class>/*, optional test/ or val/) | synthetic",
-        choices=("cifar10", "cifar100", "imagefolder", "synthetic")))
+        "cifar10 | cifar100 | imagefolder (DATA_DIR/train/<class>/*, optional test/ or val/) | synthetic | "
+        "audiofolder (DATA_DIR/train/<class>/*.wav, optional test/ or val/) | synthetic-audio (tones and chirps)",
+        choices=DATASETS))
     data_dir: str = field(default="./data", metadata=_flag("dataset folder"))
     download: bool = field(default=True, metadata=_flag(
         "download CIFAR with torchvision if missing (--no-download: never)", action=argparse.BooleanOptionalAction))
@@ -244,6 +272,28 @@ class Config:  # in the order of SECTIONS
         "use the first N test images of a fixed seeded permutation"))
     val_split: int = field(default=0, metadata=_flag(
         "hold out N training images (stratified, fixed seed) as a validation set"))
+    val_groups: Optional[list] = field(default=None, metadata=_flag(
+        "audio data: hold out every training file of these groups (speakers) as the validation set; a file's "
+        "group is what --group-regex captures in its name", type=name_list, metavar="NAME,..."))
+    group_regex: str = field(default=FSDD_GROUP_REGEX, metadata=_flag(
+        "with --val-groups: a file name's group is this regex's first capture group (the default captures the "
+        "second _-separated field, FSDD's speaker in {digit}_{speaker}_{index}.wav)"))
+    sample_rate: int = field(default=8000, metadata=_flag(
+        "audio: clips are resampled to this rate, Hz (8000: the speech band to 4 kHz, FSDD's own rate)"))
+    clip_seconds: float = field(default=1.0, metadata=_flag(
+        "audio: clips are padded with silence or cropped around their centre to this length (1 s holds "
+        "99.8 %% of FSDD's recordings whole)"))
+    n_mels: int = field(default=40, metadata=_flag("audio: mel bands of the log-mel features (the model's input channels)"))
+    frame_ms: float = field(default=25.0, metadata=_flag("audio: analysis window of the spectrogram, ms"))
+    hop_ms: float = field(default=10.0, metadata=_flag("audio: step between spectrogram frames, ms"))
+    top_db: float = field(default=80.0, metadata=_flag(
+        "audio: log-mel energies are in dB below each clip's loudest, floored this far below it"))
+    time_shift_ms: float = field(default=100.0, metadata=_flag(
+        "audio augmentation: shift each training clip by up to this much either way, ms (0: off)"))
+    time_mask: int = field(default=10, metadata=_flag(
+        "audio augmentation: mask one run of up to this many frames per training clip (0: off)"))
+    freq_mask: int = field(default=8, metadata=_flag(
+        "audio augmentation: mask one run of up to this many mel bands per training clip (0: off)"))
     image_size: int = field(default=32, metadata=_flag("imagefolder: images are resized to this square size"))
     cache_dir: str = field(default=os.path.join("~", ".cache", "bn-only"), metadata=_flag(
         "imagefolder: where decoded images are cached"))
@@ -418,6 +468,14 @@ def resolve(cfg: Config, given: set) -> Config:
             raise ConfigError(f"--half contradicts --precision {cfg.precision}; give one of them")
         cfg.precision = "fp16"
     cfg.half = cfg.precision == "fp16"
+    audio_data = cfg.dataset in AUDIO_DATASETS
+    for name, value in (AUDIO_DEFAULTS if audio_data else IMAGE_DEFAULTS).items():
+        if getattr(cfg, name) is None:
+            setattr(cfg, name, value)
+    misplaced = [] if audio_data else [n for n in AUDIO_SETTINGS if n in given] + ["val_groups"] * bool(cfg.val_groups)
+    if misplaced:
+        raise ConfigError(f"--{misplaced[0].replace('_', '-')} is a setting of audio data (--dataset "
+                          f"{' or '.join(AUDIO_DATASETS)}), not of {cfg.dataset}")
     cfg.lbfgs_variant = cfg.lbfgs_variant or DEFAULT_LBFGS_VARIANT
     if cfg.lr is None:
         cfg.lr = LBFGS_LR.get(cfg.lbfgs_variant, DEFAULT_LR["lbfgs"]) if cfg.optimizer == "lbfgs" \
@@ -456,6 +514,7 @@ def validate(cfg: Config) -> None:
     require(cfg.lbfgs_max_eval is None or cfg.lbfgs_max_eval >= 1,
             f"--lbfgs-max-eval must be at least 1, got {cfg.lbfgs_max_eval}")
     validate_lbfgs(cfg, require)
+    validate_audio(cfg, require)
     require(cfg.lbfgs_chunk_size >= 0, f"--lbfgs-chunk-size must be 0 or more, got {cfg.lbfgs_chunk_size}")
     shortest = min(epochs for _, epochs in cfg.phases) if cfg.phases else cfg.epochs
     require(0 <= cfg.warmup_epochs < shortest, f"--warmup-epochs must be at least 0 and below the "
@@ -495,6 +554,33 @@ def validate(cfg: Config) -> None:
     device = cfg.device
     require(device in ("auto", "cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit()),
             f"--device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
+
+
+def validate_audio(cfg: Config, require) -> None:
+    """The model and the audio settings against the data (1-D models for audio, 2-D ones for images)."""
+    audio_data = cfg.dataset in AUDIO_DATASETS
+    require(cfg.arch.startswith("resnet1d") == audio_data,
+            f"-a {cfg.arch} is a {'1-D (audio)' if cfg.arch.startswith('resnet1d') else '2-D (image)'} model and "
+            f"--dataset {cfg.dataset} has {'audio' if audio_data else 'images'}: use "
+            f"{'resnet1dD, e.g. ' + AUDIO_DEFAULTS['arch'] if audio_data else 'resnetD, e.g. resnet32'}")
+    require(1000 <= cfg.sample_rate <= 384000, f"--sample-rate must be 1000 to 384000 Hz, got {cfg.sample_rate}")
+    for name in ("clip_seconds", "frame_ms", "hop_ms", "top_db"):
+        value = getattr(cfg, name)
+        require(math.isfinite(value) and value > 0, f"--{name.replace('_', '-')} must be above 0, got {value}")
+    require(cfg.frame_ms <= 1000 * cfg.clip_seconds, f"--frame-ms {cfg.frame_ms:g} is longer than the clip "
+            f"(--clip-seconds {cfg.clip_seconds:g})")
+    require(cfg.n_mels >= 1, f"--n-mels must be at least 1, got {cfg.n_mels}")
+    require(math.isfinite(cfg.time_shift_ms) and cfg.time_shift_ms >= 0,
+            f"--time-shift-ms must be 0 or more, got {cfg.time_shift_ms}")
+    for name in ("time_mask", "freq_mask"):
+        require(getattr(cfg, name) >= 0, f"--{name.replace('_', '-')} must be 0 or more, got {getattr(cfg, name)}")
+    require(not (cfg.val_groups and cfg.val_split), "--val-groups and --val-split both choose the validation "
+            "set; give one of them")
+    try:
+        groups = re.compile(cfg.group_regex).groups
+    except re.error as e:
+        raise ConfigError(f"--group-regex {cfg.group_regex!r} is not a regular expression: {e}") from None
+    require(groups <= 1, f"--group-regex needs at most one capture group (the group's name), got {groups}")
 
 
 def validate_lbfgs(cfg: Config, require) -> None:

@@ -5,7 +5,6 @@ batches with torch ops and draws its randomness from an explicit torch.Generator
 reproducible and can be resumed from the generator's saved state.
 """
 
-import hashlib
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -13,19 +12,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from config import ConfigError
+import audio
+from config import AUDIO_DATASETS
+from folder_cache import DataError, cache_key, read_cache, split_folders, write_cache
 
 SUBSET_SEED = 0  # fixed: --train-size/--test-size/--val-split pick the same images whatever --seed is
-CACHE_VERSION = 3
 # Per-channel mean and std (0-1 pixel scale) of the CIFAR training sets.
 CIFAR_STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
-
-
-class DataError(ConfigError):
-    """Missing or corrupt data; the message names the problem and the fix."""
 
 
 @dataclass
@@ -40,7 +36,9 @@ class Dataset:
 # ---------------------------------------------------------------- loading
 
 def load_dataset(cfg) -> Dataset:
-    """Load cfg.dataset, apply --val-split, --train-size and --test-size."""
+    """Load cfg.dataset, hold out --val-split items or the --val-groups, apply --train-size and --test-size;
+    the normalisation statistics come from the training split (per colour channel, or per mel bin)."""
+    names = {}
     if cfg.dataset in CIFAR_STATS:
         splits, classes = load_cifar(cfg.dataset, cfg.data_dir, cfg.download)
     elif cfg.dataset == "imagefolder":
@@ -48,23 +46,81 @@ def load_dataset(cfg) -> Dataset:
     elif cfg.dataset == "synthetic":
         splits = synthetic_splits((cfg.train_size or 1024) + cfg.val_split, cfg.test_size or 256)
         classes = [f"class{c}" for c in range(10)]
+    elif cfg.dataset == "audiofolder":
+        audio_features(cfg).check()
+        splits, classes, names = audio.load_audiofolder(cfg.data_dir, cfg.cache_dir, cfg.sample_rate,
+                                                        clip_samples(cfg), cfg.workers)
+    elif cfg.dataset == "synthetic-audio":
+        audio_features(cfg).check()
+        splits, classes, names = audio.synthetic_audio((cfg.train_size or 512) + cfg.val_split, cfg.test_size or 128,
+                                                       cfg.sample_rate, clip_samples(cfg))
     else:
         raise ValueError(f"unknown dataset: {cfg.dataset}")
-    if cfg.val_split:
-        train_images, train_labels = splits["train"]
-        if cfg.val_split >= len(train_labels):
-            raise DataError(f"--val-split {cfg.val_split} leaves no training images (there are {len(train_labels)})")
-        train_index, val_index = stratified_split(train_labels, cfg.val_split, SUBSET_SEED)
-        splits["val"] = (train_images[val_index], train_labels[val_index])
-        splits["train"] = (train_images[train_index], train_labels[train_index])
+    hold_out_validation(cfg, splits, names.get("train"))
+    generated = cfg.dataset == "synthetic-audio"  # made at its sizes, the --val-groups taken out of train
     for name, size in (("train", cfg.train_size), ("test", cfg.test_size)):
-        if size is not None and name in splits:
+        if size is not None and name in splits and not generated:
             splits[name] = subset(*splits[name], size, name)
     if cfg.dataset in CIFAR_STATS:
         mean, std = CIFAR_STATS[cfg.dataset]
+    elif is_audio(cfg):
+        mean, std = audio.feature_stats(splits["train"][0], audio_features(cfg))
     else:
         mean, std = channel_stats(splits["train"][0])
     return Dataset(splits, len(classes), mean, std, classes)
+
+
+def hold_out_validation(cfg, splits: dict, train_names) -> None:
+    """Move --val-split training items (stratified) or those of the --val-groups into splits["val"]."""
+    train_images, train_labels = splits["train"]
+    if cfg.val_groups:
+        if train_names is None:
+            raise DataError(f"--val-groups needs file names, which --dataset {cfg.dataset} does not have")
+        train_index, val_index = audio.group_split(train_names, cfg.group_regex, cfg.val_groups)
+    elif cfg.val_split:
+        if cfg.val_split >= len(train_labels):
+            raise DataError(f"--val-split {cfg.val_split} leaves no training images (there are {len(train_labels)})")
+        train_index, val_index = stratified_split(train_labels, cfg.val_split, SUBSET_SEED)
+    else:
+        return
+    splits["val"] = (train_images[val_index], train_labels[val_index])
+    splits["train"] = (train_images[train_index], train_labels[train_index])
+
+
+def is_audio(cfg) -> bool:
+    return cfg.dataset in AUDIO_DATASETS
+
+
+def clip_samples(cfg) -> int:
+    return max(1, round(cfg.clip_seconds * cfg.sample_rate))
+
+
+def audio_features(cfg) -> audio.Features:
+    return audio.Features(cfg.sample_rate, cfg.n_mels, cfg.frame_ms, cfg.hop_ms, cfg.top_db)
+
+
+def input_pipeline(cfg, normalization: dict, device):
+    """What turns a batch of a split into model input: ImageInputs, or audio.AudioInputs for audio data."""
+    if is_audio(cfg):
+        augmentation = audio.Augmentation(cfg.time_shift_ms, cfg.time_mask, cfg.freq_mask)
+        return audio.AudioInputs(audio_features(cfg), augmentation, normalization["mean"], normalization["std"],
+                                 device)
+    return ImageInputs(normalization["mean"], normalization["std"], device)
+
+
+class ImageInputs:
+    """The trainer's input pipeline for images: `augment` (crop and flip) on a whole global batch of uint8
+    images, then `prepare` (per-channel standardisation) of the trainer's share."""
+
+    def __init__(self, mean, std, device):
+        self.mean = torch.as_tensor(mean, dtype=torch.float32, device=device).view(-1, 1, 1)  # (3, 1, 1), 0-1 scale
+        self.std = torch.as_tensor(std, dtype=torch.float32, device=device).view(-1, 1, 1)
+
+    def augment(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return augment(images, generator)
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        return normalize(images, self.mean, self.std)
 
 
 def load_cifar(name: str, data_dir: str, download: bool):
@@ -114,19 +170,13 @@ def load_imagefolder(data_dir: str, cache_dir: str, image_size: int, workers: in
     A cache hit needs no torchvision import (about 1 s of start-up): the key hashes every file's path,
     size and modification time, and the cache holds the class names torchvision found.
     """
-    root = os.path.expanduser(data_dir)
-    train_dir = os.path.join(root, "train")
-    if not os.path.isdir(train_dir):
-        raise DataError(f"no folder {train_dir}; --dataset imagefolder needs DATA_DIR/train/<class>/<images>")
-    folders = {"train": train_dir}
-    for name in ("test", "val"):
-        if os.path.isdir(os.path.join(root, name)):
-            folders["test"] = os.path.join(root, name)
-            break
-    cache_path = os.path.join(os.path.expanduser(cache_dir), f"imagefolder-{cache_key(folders, image_size)}.npz")
+    folders = split_folders(data_dir, "imagefolder", "<images>")
+    train_dir = folders["train"]
+    key = cache_key(folders, f"size{image_size}")
+    cache_path = os.path.join(os.path.expanduser(cache_dir), f"imagefolder-{key}.npz")
     cached = read_cache(cache_path)
     if cached is not None:
-        return cached
+        return cached[:2]
     from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
     try:
         classes, class_to_idx = find_classes(train_dir)
@@ -137,52 +187,6 @@ def load_imagefolder(data_dir: str, cache_dir: str, image_size: int, workers: in
     splits = {name: decode_files(samples, image_size, workers) for name, samples in files.items()}
     write_cache(cache_path, splits, classes)
     return splits, classes
-
-
-def cache_key(folders: dict, image_size: int) -> str:
-    """Hash of every folder and every file's path, size and modification time under the split folders
-    (symbolic links followed): any change to them (an image added, removed, renamed, replaced or moved to
-    another class; a class folder added) gets a new key."""
-    digest = hashlib.sha256(f"v{CACHE_VERSION} size{image_size}".encode())
-    for name, folder in sorted(folders.items()):
-        for parent, dirs, names in os.walk(os.path.abspath(folder), followlinks=True):  # as torchvision lists
-            dirs.sort()
-            digest.update(f"{name}\0{parent}\0{len(dirs)}\0{chr(0).join(dirs)}\n".encode())  # empty folders too
-            for file in sorted(names):
-                stat = os.stat(os.path.join(parent, file))
-                digest.update(f"{name}\0{parent}\0{file}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:24]
-
-
-def read_cache(path: str):
-    """(splits, class names) from the cache, or None when there is no usable cache (read without pickle)."""
-    if not os.path.isfile(path):
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as arrays:
-            names = [k[len("images_"):] for k in arrays.files if k.startswith("images_")]
-            splits = {n: (torch.from_numpy(arrays[f"images_{n}"]), torch.from_numpy(arrays[f"labels_{n}"]))
-                      for n in names}
-            return splits, [str(c) for c in arrays["classes"]]
-    except Exception:
-        return None  # a damaged cache is rebuilt, not trusted
-
-
-def write_cache(path: str, splits: dict, classes: list) -> None:
-    """Write atomically; a cache that cannot be written only costs the next run a re-decode."""
-    arrays = {"classes": np.array(classes, dtype=str)}
-    for name, (images, labels) in splits.items():
-        arrays[f"images_{name}"] = images.numpy()
-        arrays[f"labels_{name}"] = labels.numpy()
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except OSError:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def decode_files(samples: list, image_size: int, workers: int):

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from batch_objective import (all_finite, batch_objective, bn_buffers, l2_penalty, lbfgs_chunks,
                              quasi_newton_step, restore_bn_buffers, roll_back, snapshot)
 from config import default_milestones
-from data import augment, epoch_order, fixed_subset_index, normalize
+from data import epoch_order, fixed_subset_index
 from distributed import World, all_sum, shard
 from quasi_newton import StochasticLBFGS
 
@@ -87,10 +87,11 @@ class Compute:
         model = model.to(self.device)
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
-    def inputs(self, images: torch.Tensor, stats) -> torch.Tensor:
-        """uint8 images -> normalised float model input, in the chosen memory layout."""
-        x = normalize(images, *stats)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+    def inputs(self, batch: torch.Tensor, pipeline) -> torch.Tensor:
+        """A batch of a split, or of `pipeline.augment`'s output -> the normalised float model input the data's
+        pipeline (data.ImageInputs, audio.AudioInputs) prepares; images in the chosen memory layout."""
+        x = pipeline.prepare(batch)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
 
     def emulated(self) -> bool:
         """Whether this run's precision is emulated here: a lower precision on a CPU without its instructions."""
@@ -263,7 +264,7 @@ def start_epoch(n: int, generator: torch.Generator) -> dict:
             "images_forward_backward": 0, "images_forward_only": 0}
 
 
-def train_one_epoch(model, optimizer, cfg, train_split, stats, generator, epoch: int, compute: Compute,
+def train_one_epoch(model, optimizer, cfg, train_split, pipeline, generator, epoch: int, compute: Compute,
                     scaler=None, progress=None, after_step=None, no_decay=(), world: World = World()) -> dict:
     """Train on every image once, in a seeded order with batched augmentation; returns the epoch's means.
 
@@ -275,7 +276,7 @@ def train_one_epoch(model, optimizer, cfg, train_split, stats, generator, epoch:
     world.size x -b images and trains on its own slice; the epoch's means are over all ranks, and
     `progress` holds this rank's sums.
     """
-    images, labels = train_split  # (N, 3, H, W) uint8 and (N,) int64, on the training device
+    images, labels = train_split  # (N, 3, H, W) uint8 images or (N, L) int16 waves, and (N,) int64, on the device
     progress = progress or start_epoch(len(labels), generator)
     for counter in ("images_forward_backward", "images_forward_only"):  # absent from older checkpoints
         progress.setdefault(counter, 0)
@@ -297,12 +298,12 @@ def train_one_epoch(model, optimizer, cfg, train_split, stats, generator, epoch:
         if quasi_newton:
             if cfg.lbfgs_history_mode == "reset":  # each batch starts with an empty memory
                 optimizer.forget_pairs()
-            objective = batch_objective(model, optimizer, cfg, (images[index], labels[index]), stats, generator,
+            objective = batch_objective(model, optimizer, cfg, (images[index], labels[index]), pipeline, generator,
                                         compute, decayed, world, progress, poison=step + 1 in inject_nan)
             result = quasi_newton_step(objective.model, optimizer, objective)
         else:
             part = shard(len(index), world)  # the whole batch is augmented so every rank draws the same numbers
-            x = compute.inputs(augment(images[index], generator)[part], stats)
+            x = compute.inputs(pipeline.augment(images[index], generator)[part], pipeline)
             if step + 1 in inject_nan:
                 x = x * float("nan")
             y = labels[index][part]
@@ -377,20 +378,20 @@ def injected_nan_steps(epoch: int) -> set:
 
 
 @torch.no_grad()
-def recalibrate_bn(model, images: torch.Tensor, stats, count: int, compute: Compute, batch_size: int = 512) -> None:
+def recalibrate_bn(model, images: torch.Tensor, pipeline, count: int, compute: Compute, batch_size: int = 512) -> None:
     """Reset BN running statistics to the plain average over `count` fixed training images (train mode).
 
     The images are the first `count` of a fixed permutation, un-augmented, so the result is the same
     whenever it is computed and consumes no random numbers of the run.
     """
     order = fixed_subset_index(len(images), count).to(images.device)
-    batches = (compute.inputs(images[order[s:s + batch_size]], stats) for s in range(0, len(order), batch_size))
+    batches = (compute.inputs(images[order[s:s + batch_size]], pipeline) for s in range(0, len(order), batch_size))
     with compute.autocast():
         torch.optim.swa_utils.update_bn(batches, model)
 
 
 @torch.inference_mode()
-def evaluate(model, split, stats, compute: Compute, batch_size: int = 256, world: World = World()) -> dict:
+def evaluate(model, split, pipeline, compute: Compute, batch_size: int = 256, world: World = World()) -> dict:
     """Mean cross-entropy and accuracy (%) over a whole split, in eval mode; under torchrun each rank
     evaluates its own slice and the sums are added up, so every image counts once.
 
@@ -403,7 +404,7 @@ def evaluate(model, split, stats, compute: Compute, batch_size: int = 256, world
     correct = torch.zeros((), dtype=torch.int64, device=labels.device)
     for start in range(0, len(labels), batch_size):
         with compute.autocast():
-            logits = model(compute.inputs(images[start:start + batch_size], stats))
+            logits = model(compute.inputs(images[start:start + batch_size], pipeline))
         y = labels[start:start + batch_size]
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
         correct += (logits.argmax(1) == y).sum()

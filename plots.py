@@ -52,7 +52,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 import analysis  # noqa: E402  (pure numbers: seed statistics, table, phases, γ)
 import sweep_plots  # noqa: E402  (a sweep's accuracy against depth, width or size)
-from config import LBFGS_DEFAULTS, Config  # noqa: E402  (the settings' defaults)
+from config import IMAGE_DEFAULTS, LBFGS_DEFAULTS, Config  # noqa: E402  (the settings' defaults)
 
 # Settings that say where or how a run was executed, not what was trained.
 BOOKKEEPING_KEYS = frozenset({
@@ -64,7 +64,8 @@ BOOKKEEPING_KEYS = frozenset({
 # `checkpoint_minutes` is already bookkeeping (see `settings`); named here for the reader.
 SEED_KEYS = frozenset({"seed", "checkpoint_minutes"})
 # The trainer's defaults (config.py is plain Python: no torch, no trainer code).
-SETTING_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
+# (arch, width, epochs and batch size default per domain; runs from before the audio data were of images)
+SETTING_DEFAULTS = {**{f.name: f.default for f in dataclasses.fields(Config)}, **IMAGE_DEFAULTS}
 # Settings whose value follows another's default: runs with different optimizers have different
 # default learning rates, and are still a comparison of optimizers.
 # The same holds for the L-BFGS-only settings when only one of the runs uses L-BFGS.

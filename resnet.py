@@ -3,8 +3,9 @@
 Depth = 6n + 2: a 3x3 conv (16 channels) + BN + ReLU, three stages of n BasicBlocks with 16, 32 and 64
 channels (times `width`; stride 2 entering stages 2 and 3), global average pooling and a linear layer.
 The downsampling shortcut has no parameters: it subsamples with stride 2 and zero-pads the channels.
-Conv and linear weights get Kaiming-normal init. BatchNorm gamma (`bn_init`, one of BN_INITS) is
-U[0,1) ("uniform", as in Frankle et al. 2020), 1 ("ones"), N(0,1) ("normal") or U[-1,1) ("signed");
+`resnet1dD` is the same network over time (Conv1d, BatchNorm1d, stride 2 halving the time steps) for
+(N, mel bands, frames) audio features. Conv and linear weights get Kaiming-normal init. BatchNorm gamma
+(`bn_init`, one of BN_INITS) is U[0,1) ("uniform", as in Frankle et al. 2020), 1 ("ones"), N(0,1) ("normal") or U[-1,1) ("signed");
 beta is always 0.
 
 Freezing (`freeze(model, mode, seed)`, one of TRAINABLE_MODES) leaves trainable only the parameters of
@@ -24,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
+AUDIO_ARCHS = ("resnet1d20", "resnet1d32", "resnet1d56")
 DEPTHS = {"resnet20": 20, "resnet32": 32, "resnet44": 44, "resnet56": 56, "resnet110": 110, "resnet1202": 1202}  # He et al.'s
 PAPER_DEPTHS = (14, 32, 56, 110, 218, 434, 866)  # Frankle et al.'s BN-only depths
 TRAINABLE_MODES = ("all", "bn", "bn+fc", "fc", "none", "random")
@@ -31,24 +33,31 @@ BN_INITS = ("uniform", "ones", "normal", "signed")
 RANDOM_PER_CHANNEL = 2  # conv weights trained per output channel in mode "random": as many as BN's gamma and beta
 
 
+CONV = {1: nn.Conv1d, 2: nn.Conv2d}  # by the number of spatial dimensions: time, or height and width
+BATCHNORM = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d}
+AUDIO_CHANNELS = 40  # the 1-D models' input channels in `python resnet.py`'s table: train.py's default --n-mels
+
+
 class PadShortcut(nn.Module):
-    """Option-A shortcut: keep every second pixel, zero-pad channels on both sides."""
+    """Option-A shortcut: keep every second pixel (or time step), zero-pad channels on both sides."""
 
     def __init__(self, pad_channels: int):
         super().__init__()
         self.pad_channels = pad_channels
 
-    def forward(self, x):
-        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad_channels, self.pad_channels))
+    def forward(self, x):  # (N, C, H, W) or (N, C, T)
+        spatial = x.dim() - 2
+        x = x[(slice(None), slice(None)) + (slice(None, None, 2),) * spatial]
+        return F.pad(x, (0, 0) * spatial + (self.pad_channels, self.pad_channels))
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, dims: int = 2):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv1 = CONV[dims](in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = BATCHNORM[dims](planes)
+        self.conv2 = CONV[dims](planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = BATCHNORM[dims](planes)
         self.shortcut = nn.Identity()
         if stride != 1 or in_planes != planes:
             self.shortcut = PadShortcut((planes - in_planes) // 2)
@@ -61,30 +70,32 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """CIFAR ResNet with `blocks_per_stage` BasicBlocks in each of its three stages."""
+    """CIFAR ResNet with `blocks_per_stage` BasicBlocks in each of its three stages; `dims` 1 makes its
+    analogue over time for (N, in_channels, T) input such as log-mel features."""
 
-    def __init__(self, blocks_per_stage: int, num_classes: int = 10, width: int = 1, bn_init: str = "uniform"):
+    def __init__(self, blocks_per_stage: int, num_classes: int = 10, width: int = 1, bn_init: str = "uniform",
+                 in_channels: int = 3, dims: int = 2):
         super().__init__()
         channels = [16 * width, 32 * width, 64 * width]
-        self.conv1 = nn.Conv2d(3, channels[0], 3, stride=1, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels[0])
+        self.conv1 = CONV[dims](in_channels, channels[0], 3, stride=1, padding=1, bias=False)
+        self.bn1 = BATCHNORM[dims](channels[0])
         in_planes = channels[0]
         stages = []
         for index, planes in enumerate(channels):
             blocks = []
             for block in range(blocks_per_stage):
                 stride = 2 if index > 0 and block == 0 else 1
-                blocks.append(BasicBlock(in_planes, planes, stride))
+                blocks.append(BasicBlock(in_planes, planes, stride, dims))
                 in_planes = planes
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = stages
         self.linear = nn.Linear(channels[2], num_classes)
         init_weights(self, bn_init)
 
-    def forward(self, x):  # x: (N, 3, H, W) float, normalised
+    def forward(self, x):  # x: (N, 3, H, W) or (N, in_channels, T) float, normalised
         out = F.relu(self.bn1(self.conv1(x)), inplace=True)
         out = self.layer3(self.layer2(self.layer1(out)))
-        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1) if out.dim() == 4 else out.mean(2)  # global average pooling
         return self.linear(out)  # (N, num_classes) logits
 
 
@@ -93,7 +104,7 @@ def init_weights(model: nn.Module, bn_init: str = "uniform") -> None:
     if bn_init not in BN_INITS:
         raise ValueError(f"unknown bn_init: {bn_init}")
     for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
             nn.init.kaiming_normal_(m.weight)
         elif is_batchnorm(m):
             init_gamma(m.weight, bn_init)
@@ -131,18 +142,23 @@ resnet1202 = _constructor(1202)
 
 
 def depth_of(arch: str) -> int:
-    """The depth D of the name 'resnetD'; D must be 6n + 2 with n >= 1 blocks per stage."""
-    match = re.fullmatch(r"resnet(\d+)", arch)
-    depth = int(match[1]) if match else 0
+    """The depth D of the name 'resnetD' or 'resnet1dD'; D must be 6n + 2 with n >= 1 blocks per stage."""
+    match = re.fullmatch(r"resnet(1d)?(\d+)", arch)
+    depth = int(match[2]) if match else 0
     if depth < 8 or (depth - 2) % 6:
-        raise ValueError(f"unknown arch {arch!r}: a CIFAR ResNet is resnetD with depth D = 6n + 2 "
-                         f"(resnet8, resnet14, resnet20, ..., resnet866)")
+        raise ValueError(f"unknown arch {arch!r}: a CIFAR ResNet is resnetD (resnet1dD over time) with depth "
+                         f"D = 6n + 2 (resnet8, resnet14, resnet20, ..., resnet866)")
     return depth
 
 
-def build_model(arch: str, num_classes: int = 10, width: int = 1, bn_init: str = "uniform") -> ResNet:
-    """The ResNet named `arch`: 'resnetD' for any depth D = 6n + 2."""
-    return ResNet((depth_of(arch) - 2) // 6, num_classes, width, bn_init)
+def is_1d(arch: str) -> bool:
+    return arch.startswith("resnet1d")
+
+
+def build_model(arch: str, num_classes: int = 10, width: int = 1, bn_init: str = "uniform",
+                in_channels: int = 3) -> ResNet:
+    """The ResNet named `arch`: 'resnetD' for any depth D = 6n + 2, 'resnet1dD' for its 1-D analogue."""
+    return ResNet((depth_of(arch) - 2) // 6, num_classes, width, bn_init, in_channels, 1 if is_1d(arch) else 2)
 
 
 def is_batchnorm(module: nn.Module) -> bool:
@@ -188,7 +204,7 @@ def draw_positions(out_channels: int, fan_in: int, per_channel: int, generator: 
 def choose_conv_entries(model: nn.Module, per_channel: int = RANDOM_PER_CHANNEL, seed: int = 0) -> None:
     """Parametrize every conv weight so that only `per_channel` random entries per output channel train."""
     generator = torch.Generator().manual_seed(seed)
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]  # listed first: registering adds modules
+    convs = [m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d))]  # listed first: registering adds modules
     for conv in convs:
         if parametrize.is_parametrized(conv, "weight"):
             raise ValueError("the conv weights already have chosen entries: build a fresh model")
@@ -244,28 +260,32 @@ def count_parameters(model: nn.Module, mode: str = "all") -> int:
     return sum(p.numel() for p in select_parameters(model, mode))
 
 
-def parameter_table(depths=tuple(DEPTHS.values())) -> str:
-    """One row per depth: total, BN gamma/beta, BN + fc and random-mode parameter counts (CIFAR-10 head)."""
-    lines = [f"{'arch':<11} {'depth':>5} {'total':>12} {'bn':>8} {'bn+fc':>8} {'random':>8}"]
+def parameter_table(archs=tuple(DEPTHS) + AUDIO_ARCHS) -> str:
+    """One row per model: total, BN gamma/beta, BN + fc and random-mode parameter counts (10 classes; the
+    1-D models for AUDIO_CHANNELS mel bands and width 2, the audio default)."""
+    lines = [f"{'arch':<14} {'depth':>5} {'total':>12} {'bn':>8} {'bn+fc':>8} {'random':>8}"]
     with torch.device("meta"):  # shapes only: no memory, no init cost
-        for depth in depths:
-            arch = f"resnet{depth}"
-            model = build_model(arch)
+        for arch in archs:
+            depth = depth_of(arch)
+            model = build_model(arch, in_channels=AUDIO_CHANNELS, width=2) if is_1d(arch) else build_model(arch)
             freeze(model, "random")
-            lines.append(f"{arch:<11} {depth:>5} {count_parameters(model):>12,} "
+            lines.append(f"{arch + (' x2' if is_1d(arch) else ''):<14} {depth:>5} {count_parameters(model):>12,} "
                          f"{count_parameters(model, 'bn'):>8,} {count_parameters(model, 'bn+fc'):>8,} "
                          f"{count_parameters(model, 'random'):>8,}")
     return "\n".join(lines)
 
 
 def main(argv) -> int:
-    """python resnet.py [DEPTH or resnetD ...]: the table for those depths (default: He et al.'s)."""
+    """python resnet.py [DEPTH, resnetD or resnet1dD ...]: the table for those models (default: He et al.'s
+    depths and the 1-D audio models)."""
+    archs = [a if a.startswith("resnet") else f"resnet{a}" for a in argv]
     try:
-        depths = [depth_of(a if a.startswith("resnet") else f"resnet{a}") for a in argv] or list(DEPTHS.values())
+        for arch in archs:
+            depth_of(arch)
     except ValueError as e:
         print(f"resnet.py: error: {e}", file=sys.stderr)
         return 2
-    print(parameter_table(depths))
+    print(parameter_table(archs) if archs else parameter_table())
     return 0
 
 

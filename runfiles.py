@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 import torch
 
-from config import ConfigError
+from config import AUDIO_DATASETS, ConfigError
 
 RUN_FILES = ("config.json", "history.csv", "checkpoint.pt", "summary.json")
 
@@ -114,15 +114,17 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
             from None
     keys = {"model", "config", "epoch", "normalization", "rng"}
     if not isinstance(state, dict) or not keys <= set(state) or not isinstance(state["config"], dict) \
-            or not isinstance(state["epoch"], int) or not _is_normalization(state["normalization"]):
+            or not isinstance(state["epoch"], int) or not _is_normalization(state["normalization"], state["config"]):
         raise CheckpointError(f"--resume: {path} is not a train.py checkpoint (it lacks a valid "
                               f"{'/'.join(sorted(keys))}); give a checkpoint.pt written by train.py")
     return state
 
 
-def _is_normalization(value) -> bool:
+def _is_normalization(value, config: dict) -> bool:
+    """A mean and a std per colour channel, or per mel band for audio data."""
+    size = config.get("n_mels") if config.get("dataset") in AUDIO_DATASETS else 3
     return isinstance(value, dict) and all(
-        isinstance(value.get(k), list) and len(value[k]) == 3 and all(isinstance(v, float) for v in value[k])
+        isinstance(value.get(k), list) and len(value[k]) == size and all(isinstance(v, float) for v in value[k])
         for k in ("mean", "std"))
 
 

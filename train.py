@@ -24,7 +24,7 @@ import distributed
 from analysis import gamma_stats
 from distributed import World, any_rank, broadcast_value, world_from_env
 from config import FIELDS, RUNTIME_SETTINGS, Config, ConfigError, fail, parse_args, phase_at, resolve, to_dict
-from data import load_dataset
+from data import input_pipeline, is_audio, load_dataset
 from engine import (NATIVE_CPU_FLAGS, Compute, TrainingDiverged, all_finite, build_optimizer, build_scheduler,
                     evaluate, job_sums, recalibrate_bn, resolve_precision, step_images, train_one_epoch)
 from resnet import build_model, count_parameters, freeze, select_parameters
@@ -107,17 +107,17 @@ def run_epoch(epoch: int, cfg: Config, ex: "Experiment", after_step=None) -> dic
     start = time.perf_counter()
     lr = ex.optimizer.param_groups[0]["lr"] if ex.optimizer is not None else 0.0
     progress, ex.progress = ex.progress, None
-    train = train_one_epoch(ex.train_model, ex.optimizer, cfg, ex.splits["train"], ex.stats, ex.generator, epoch,
+    train = train_one_epoch(ex.train_model, ex.optimizer, cfg, ex.splits["train"], ex.pipeline, ex.generator, epoch,
                             ex.compute, ex.scaler, progress, after_step, ex.no_decay, ex.world)
     row = {"epoch": epoch, **({"phase": phase_at(cfg, epoch)[1]} if cfg.phases else {}), "lr": lr,
            "train_loss": train["loss"], "train_acc": train["acc"]}
     eval_start = time.perf_counter()
     distributed.average_bn_statistics(ex.model, ex.world)  # every rank evaluates (and saves) the same model
     if cfg.bn_recalibrate:
-        recalibrate_bn(ex.model, ex.splits["train"][0], ex.stats, cfg.bn_recalibrate, ex.compute)
+        recalibrate_bn(ex.model, ex.splits["train"][0], ex.pipeline, cfg.bn_recalibrate, ex.compute)
     for split in ("val", "test"):
         if split in ex.splits:
-            metrics = evaluate(ex.model, ex.splits[split], ex.stats, ex.compute, world=ex.world)
+            metrics = evaluate(ex.model, ex.splits[split], ex.pipeline, ex.compute, world=ex.world)
             row[f"{split}_loss"], row[f"{split}_acc"] = metrics["loss"], metrics["acc"]
     if ex.scheduler is not None:
         ex.scheduler.step()
@@ -156,8 +156,8 @@ class Experiment:
     compute: Compute  # device, precision, memory layout
     scaler: object  # fp16 loss scaling (None otherwise)
     splits: dict  # name -> (images (N,3,H,W) uint8, labels (N,) int64) on the device
-    stats: tuple  # normalisation mean and std, (3, 1, 1) tensors on the device
-    normalization: dict  # the same as plain lists, for the checkpoint
+    pipeline: object  # data.ImageInputs or audio.AudioInputs: augmentation and normalisation on the device
+    normalization: dict  # its mean and std (per channel or mel bin) as plain lists, for the checkpoint
     num_classes: int
     history: list
     start_epoch: int
@@ -203,7 +203,7 @@ def run(cfg: Config, given: set, world: World = World()) -> int:
     if cfg.evaluate:
         if "test" not in experiment.splits:
             raise ConfigError(f"--evaluate: the {cfg.dataset} data in {cfg.data_dir} has no test split")
-        metrics = evaluate(experiment.model, experiment.splits["test"], experiment.stats, experiment.compute,
+        metrics = evaluate(experiment.model, experiment.splits["test"], experiment.pipeline, experiment.compute,
                            world=world)
         if world.main:
             print(f"test_loss {metrics['loss']:.4f} test_acc {metrics['acc']:.2f}")
@@ -221,7 +221,8 @@ def build_experiment(cfg: Config, device: torch.device, checkpoint, world: World
     dataset = distributed.in_turn(world, lambda: load_dataset(cfg))  # one download / decode, then cache reads
     precision = broadcast_value(world, run_precision(cfg, device, checkpoint))  # rank 0's CPU decides for all
     compute = Compute(device, precision, cfg.channels_last)
-    model = compute.place(build_model(cfg.arch, dataset.num_classes, cfg.width, cfg.bn_init))
+    model = compute.place(build_model(cfg.arch, dataset.num_classes, cfg.width, cfg.bn_init,
+                                      cfg.n_mels if is_audio(cfg) else 3))
     if cfg.sync_bn and world.active:
         distributed.convert_sync_batchnorm(model, device)
     start_epoch = checkpoint["epoch"] + 1 if checkpoint is not None else 1
@@ -241,12 +242,12 @@ def build_experiment(cfg: Config, device: torch.device, checkpoint, world: World
             if not world.main:  # the saved sums are the job's: rank 0 carries them on, the others start at 0
                 progress.update(loss_sum=torch.zeros_like(progress["loss_sum"]),
                                 correct=torch.zeros_like(progress["correct"]), images=0)
-    stats = tuple(torch.tensor(normalization[k], device=device).view(3, 1, 1) for k in ("mean", "std"))
+    pipeline = input_pipeline(cfg, normalization, device)
     splits = {name: (images.to(device), labels.to(device)) for name, (images, labels) in dataset.splits.items()}
     if cfg.compile:
         model.compile(mode=cfg.compile_mode)  # in place: the state_dict keys stay those of the plain model
     train_model = distributed.wrap(model, world, device)
-    return Experiment(model, params, optimizer, scheduler, generator, compute, scaler, splits, stats, normalization,
+    return Experiment(model, params, optimizer, scheduler, generator, compute, scaler, splits, pipeline, normalization,
                       dataset.num_classes, history, start_epoch, world, train_model, phase, no_decay, progress)
 
 
@@ -293,8 +294,8 @@ def train(cfg: Config, ex: Experiment, device: torch.device) -> int:
     mode = phase_at(cfg, ex.start_epoch)[1] + (f", phase {ex.phase + 1} of {len(cfg.phases)}" if cfg.phases else "")
     processes = f", {world.size} processes x batch {cfg.batch_size}" if world.active else ""
     say(f"{cfg.arch} x{cfg.width}: {trainable:,} of {total:,} parameters trainable ({mode}), "
-        f"{cfg.optimizer}, {len(ex.splits['train'][1]):,} training images, device {device}{processes} "
-        f"({ex.compute.precision}{', channels-last' if cfg.channels_last else ''}), "
+        f"{cfg.optimizer}, {len(ex.splits['train'][1]):,} training {'clips' if is_audio(cfg) else 'images'}, device {device}{processes} "
+        f"({ex.compute.precision}{', channels-last' if cfg.channels_last and not is_audio(cfg) else ''}), "
         f"run folder {cfg.save_dir}", flush=True)
     if "test" not in ex.splits and "val" not in ex.splits:
         say("note: no test split and no --val-split: only training metrics are recorded", file=sys.stderr)

@@ -96,8 +96,8 @@ def test_config_file_aliases_and_empty_values(tmp_path):
     path.write_text('{"wd": 0.0, "use-lbfgs": "yes", "train_size": null}')
     cfg, _ = parse_args(["--config", str(path)])
     assert cfg.weight_decay == 0.0 and cfg.optimizer == "lbfgs" and cfg.train_size is None
-    path.write_text('{"epochs": null}')
-    with pytest.raises(ConfigError, match="epochs in --config file is empty"):
+    path.write_text('{"seed": null}')
+    with pytest.raises(ConfigError, match="seed in --config file is empty"):
         parse_args(["--config", str(path)])
 
 

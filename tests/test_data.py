@@ -153,10 +153,10 @@ def test_cache_key_sees_new_folders_and_files_behind_links(tmp_path):
     elsewhere = make_image_folder(tmp_path / "other", classes=("bird",), test=False)
     (root / "train" / "bird").symlink_to(elsewhere / "train" / "bird", target_is_directory=True)
     folders = {"train": str(root / "train")}
-    keys = [data.cache_key(folders, 32)]
+    keys = [data.cache_key(folders, "size32")]
     (root / "train" / "fish").mkdir()  # an empty class folder
-    keys.append(data.cache_key(folders, 32))
+    keys.append(data.cache_key(folders, "size32"))
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(elsewhere / "train" / "bird" / "new.png")
-    keys.append(data.cache_key(folders, 32))  # an image added behind the link
+    keys.append(data.cache_key(folders, "size32"))  # an image added behind the link
     assert len(set(keys)) == 3
-    assert data.cache_key(folders, 32) == keys[-1] != data.cache_key(folders, 64)
+    assert data.cache_key(folders, "size32") == keys[-1] != data.cache_key(folders, "size64")

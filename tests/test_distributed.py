@@ -14,6 +14,7 @@ import torch.multiprocessing as mp
 
 from conftest import REPO, TINY, assert_one_line_error, read_csv, run_train, without_timings
 from config import parse_args
+from data import ImageInputs
 from distributed import (World, all_sum, average_bn_statistics, convert_sync_batchnorm, shard, stop,
                          world_from_env, wrap)
 from engine import Compute, build_optimizer, evaluate, train_one_epoch
@@ -105,13 +106,13 @@ def _lockstep_worker(rank, size, init_file, out_dir, sync_bn, chunk, variant="to
     generator = torch.Generator().manual_seed(1)
     images = torch.randint(0, 256, (99, 3, 32, 32), dtype=torch.uint8, generator=generator)
     labels = torch.randint(0, 10, (99,), generator=generator)
-    stats = (torch.full((3, 1, 1), 128.0), torch.full((3, 1, 1), 64.0))
+    pipeline = ImageInputs((128.0,) * 3, (64.0,) * 3, "cpu")
     cpu = Compute(torch.device("cpu"))
-    result = train_one_epoch(wrap(model, world, torch.device("cpu")), optimizer, cfg, (images, labels), stats,
+    result = train_one_epoch(wrap(model, world, torch.device("cpu")), optimizer, cfg, (images, labels), pipeline,
                              torch.Generator().manual_seed(2), 1, cpu, world=world)
     average_bn_statistics(model, world)
-    sharded = evaluate(model, (images[:37], labels[:37]), stats, cpu, batch_size=8, world=world)  # 19 + 18 images
-    whole = evaluate(model, (images[:37], labels[:37]), stats, cpu, batch_size=8)
+    sharded = evaluate(model, (images[:37], labels[:37]), pipeline, cpu, batch_size=8, world=world)  # 19 + 18 images
+    whole = evaluate(model, (images[:37], labels[:37]), pipeline, cpu, batch_size=8)
     total = all_sum(world, torch.tensor(rank + 1.0))[0]
     torch.save({"params": [p.detach() for p in optimizer.param_groups[0]["params"]], "train": result,
                 "sharded": sharded, "whole": whole, "total": total}, os.path.join(out_dir, f"rank{rank}.pt"))

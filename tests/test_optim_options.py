@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import engine
 from config import ConfigError, parse_args
+from data import ImageInputs
 from engine import Compute, build_optimizer, lbfgs_chunks, lbfgs_step, sgd_step, train_one_epoch
 from resnet import build_model, freeze, select_parameters
 from train import setup_phase
@@ -112,8 +113,8 @@ def run_epoch(model, optimizer, cfg, n):
     """One train_one_epoch over `n` random uint8 images (epoch 1, seed 0) on the CPU in fp32."""
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
     labels = torch.randint(0, 10, (n,))
-    stats = (torch.full((3, 1, 1), 128.0), torch.full((3, 1, 1), 64.0))
-    return train_one_epoch(model, optimizer, cfg, (images, labels), stats, torch.Generator().manual_seed(0), 1, FP32)
+    pipeline = ImageInputs((128.0,) * 3, (64.0,) * 3, "cpu")
+    return train_one_epoch(model, optimizer, cfg, (images, labels), pipeline, torch.Generator().manual_seed(0), 1, FP32)
 
 
 def epoch_state(mode):

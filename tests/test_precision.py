@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import engine
 import train
 from config import ConfigError, parse_args
+from data import ImageInputs
 from conftest import TINY, TINY_AUTO, assert_one_line_error, read_csv, run_train
 from engine import Compute, resolve_precision, sgd_step
 from resnet import build_model, freeze
@@ -125,8 +126,8 @@ def test_bf16_step_keeps_batchnorm_and_loss_in_fp32_and_tracks_the_fp32_step():
             model = model.to(memory_format=torch.channels_last)
         params = freeze(model, "bn")
         optimizer = torch.optim.SGD(params, lr=0.1)
-        results[name] = sgd_step(model, optimizer, compute.inputs(images.clamp(0, 1).mul(255).byte(), (
-            torch.zeros(3, 1, 1), torch.ones(3, 1, 1))), labels, compute, compute.grad_scaler())
+        x = compute.inputs(images.clamp(0, 1).mul(255).byte(), ImageInputs((0.0,) * 3, (1.0,) * 3, "cpu"))
+        results[name] = sgd_step(model, optimizer, x, labels, compute, compute.grad_scaler())
         results[name]["grad"] = torch.cat([p.grad.flatten() for p in params])
         assert model.bn1.running_mean.dtype == torch.float32
         assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in params)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from batch_objective import BatchObjective, Piece, quasi_newton_step
 from config import parse_args
+from data import ImageInputs
 from engine import Compute, build_optimizer
 from line_search import backtracking
 from quasi_newton import DAMPING, StochasticLBFGS, flat, two_loop
@@ -262,8 +263,8 @@ def test_multibatch_epoch_shares_half_of_each_batch_with_the_next(monkeypatch):
                       "--label-smoothing", "0.2", "--no-progress"])[0]
     optimizer = build_optimizer(cfg, freeze(model, "bn"))
     images, labels = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8), torch.arange(64) % 10
-    stats = (torch.full((3, 1, 1), 128.0), torch.full((3, 1, 1), 64.0))
-    result = engine.train_one_epoch(model, optimizer, cfg, (images, labels), stats, torch.Generator().manual_seed(0),
+    pipeline = ImageInputs((128.0,) * 3, (64.0,) * 3, "cpu")
+    result = engine.train_one_epoch(model, optimizer, cfg, (images, labels), pipeline, torch.Generator().manual_seed(0),
                                     1, CPU)
     assert len(objectives) == 64 // 8  # 8 new images a step
     assert [o.part_sizes for o in objectives] == [[8]] + [[8, 8]] * 7 and not objectives[0].has_head
@@ -297,8 +298,8 @@ def test_history_mode_reset_empties_the_batch_variants_memory_before_every_batch
                           "--lbfgs-max-iter", "3", "--lbfgs-history-mode", mode, "--no-progress"])[0]
         optimizer = build_optimizer(cfg, freeze(model, "bn"))
         images, labels = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8), torch.arange(64) % 10
-        stats = (torch.full((3, 1, 1), 128.0), torch.full((3, 1, 1), 64.0))
-        engine.train_one_epoch(model, optimizer, cfg, (images, labels), stats, torch.Generator().manual_seed(0), 1, CPU)
+        pipeline = ImageInputs((128.0,) * 3, (64.0,) * 3, "cpu")
+        engine.train_one_epoch(model, optimizer, cfg, (images, labels), pipeline, torch.Generator().manual_seed(0), 1, CPU)
         state = optimizer.state[optimizer.param_groups[0]["params"][0]]
         memories.append((len(state["s"]), state["batches"]))
     assert memories[0][0] > 2 and memories[1][0] <= 2  # reset keeps at most the last batch's 2 pairs

@@ -12,6 +12,7 @@ import torch
 from conftest import REPO, TINY, assert_one_line_error, read_csv, run_train, without_timings
 from engine import Compute, bn_buffers, build_optimizer, lbfgs_step, sgd_step
 from config import parse_args
+from data import ImageInputs
 from resnet import build_model, freeze
 
 FP32 = Compute(torch.device("cpu"))
@@ -225,9 +226,9 @@ def test_bn_recalibration_is_the_plain_average_over_fixed_images():
     torch.manual_seed(0)
     model = build_model("resnet20").train()
     images = torch.randint(0, 256, (100, 3, 32, 32), dtype=torch.uint8)
-    stats = (torch.full((3, 1, 1), 0.5), torch.full((3, 1, 1), 0.25))
+    pipeline = ImageInputs((0.5,) * 3, (0.25,) * 3, "cpu")
     model(torch.randn(4, 3, 32, 32) * 5)  # move the running averages away from anything sensible
-    recalibrate_bn(model, images, stats, count=64, compute=FP32, batch_size=16)
+    recalibrate_bn(model, images, pipeline, count=64, compute=FP32, batch_size=16)
     order = torch.randperm(100, generator=torch.Generator().manual_seed(0))[:64]
     with torch.no_grad():
         expected = model.conv1((images[order].float() / 255 - 0.5) / 0.25).mean(dim=(0, 2, 3))
