@@ -10,7 +10,7 @@ the environment, and:
 - gradients are averaged by DistributedDataParallel; each rank's loss is weighted by its share of the
   global batch, so uneven last batches still give the gradient of the global mean;
 - BatchNorm uses each rank's batch statistics, or the global batch's with --sync-bn (torch's
-  SyncBatchNorm on GPUs; `GlobalBatchNorm2d` on the CPU, where torch's supports no gloo); running
+  SyncBatchNorm on GPUs; `GlobalBatchNorm1d/2d` on the CPU, where torch's supports no gloo); running
   statistics are averaged over the ranks before evaluation and checkpoints;
 - evaluation splits each held-out set into disjoint slices and sums exact counts over the ranks.
 """
@@ -167,21 +167,23 @@ class _AllReduceSum(torch.autograd.Function):
         return grad
 
 
-class GlobalBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d whose training statistics are those of the global batch, over all ranks, for
-    backends torch.nn.SyncBatchNorm does not serve (gloo on the CPU). Outside training or outside a
-    process group it is a plain BatchNorm2d. Statistics are computed in float32 in two passes."""
+class GlobalStatistics:
+    """A BatchNorm whose training statistics are those of the global batch, over all ranks, for backends
+    torch.nn.SyncBatchNorm does not serve (gloo on the CPU); mixed into BatchNorm1d (N, C, T) and
+    BatchNorm2d (N, C, H, W). Outside training or outside a process group it is the plain layer.
+    Statistics are computed in float32 in two passes."""
 
     def forward(self, x):
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        dims = (0, 2, 3)
+        dims = (0, *range(2, x.dim()))  # every dimension but the channels
+        shape = (1, -1) + (1,) * (x.dim() - 2)
         x32 = x.float()
         count = x32.new_full((1,), float(x.numel() // x.shape[1]))
         sums = _AllReduceSum.apply(torch.cat([x32.sum(dims), count]))  # the channel sums and the global count
         count = sums[-1].detach()
         mean = sums[:-1] / count
-        centered = x32 - mean.view(1, -1, 1, 1)
+        centered = x32 - mean.view(shape)
         var = _AllReduceSum.apply((centered * centered).sum(dims)) / count
         if self.track_running_stats:
             with torch.no_grad():
@@ -190,20 +192,31 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
                 unbiased = var * (count / (count - 1.0).clamp(min=1.0))
                 self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
                 self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
-        out = centered * torch.rsqrt(var + self.eps).view(1, -1, 1, 1)
+        out = centered * torch.rsqrt(var + self.eps).view(shape)
         if self.affine:
-            out = out * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+            out = out * self.weight.view(shape) + self.bias.view(shape)
         return out.to(x.dtype)
 
 
+class GlobalBatchNorm1d(GlobalStatistics, nn.BatchNorm1d):
+    pass
+
+
+class GlobalBatchNorm2d(GlobalStatistics, nn.BatchNorm2d):
+    pass
+
+
+GLOBAL_BATCHNORM = {nn.BatchNorm1d: GlobalBatchNorm1d, nn.BatchNorm2d: GlobalBatchNorm2d}
+
+
 def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
-    """--sync-bn: torch.nn.SyncBatchNorm on CUDA; GlobalBatchNorm2d elsewhere. Parameters, buffers and the
+    """--sync-bn: torch.nn.SyncBatchNorm on CUDA; GlobalBatchNorm1d/2d elsewhere. Parameters, buffers and the
     requires_grad flags are kept, so the state_dict is unchanged."""
     if device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     for name, child in model.named_children():
-        if type(child) is nn.BatchNorm2d:
-            replacement = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+        if type(child) in GLOBAL_BATCHNORM:
+            replacement = GLOBAL_BATCHNORM[type(child)](child.num_features, child.eps, child.momentum, child.affine,
                                             child.track_running_stats, device=device)
             replacement.load_state_dict(child.state_dict())
             if child.affine:
