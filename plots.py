@@ -43,6 +43,7 @@ import json
 import math
 import os
 import re
+import textwrap
 
 import matplotlib
 
@@ -91,6 +92,7 @@ FIGURE_DPI = 110
 HISTOGRAM_BINS = 40  # bars per γ or β histogram
 DEFAULT_OUT = "tmp"
 BAND_ALPHA = 0.2  # opacity of the ±1 std band around a seed group's mean
+LEGEND_WRAP = 60  # characters: longer legend labels are wrapped and set smaller
 
 
 class RunError(Exception):
@@ -317,8 +319,19 @@ def run_labels(runs, ignore=frozenset()):
     keys = leading_settings(differing_settings([run["config"] for run in runs], ignore))
     labels = [", ".join(f"{key}={display_value(key, run['config'].get(key))}" for key in keys)
               or run["name"] for run in runs]
-    return [f"{label} ({run['name']})" if labels.count(label) > 1 else label
+    return [twin_label(label, run, [other for text, other in zip(labels, runs) if text == label], keys, ignore)
             for label, run in zip(labels, runs)]
+
+
+def twin_label(label, run, twins, keys, ignore):
+    """A label shared by several runs gets the settings that tell those runs apart (a setting that follows
+    another, such as the L-BFGS damping, counts here), or else the folder name."""
+    if len(twins) < 2:
+        return label
+    extra = [key for key in differing_settings([twin["config"] for twin in twins], ignore) if key not in keys]
+    if not extra:
+        return f"{label} ({run['name']})"
+    return ", ".join([label, *(f"{key}={display_value(key, run['config'].get(key))}" for key in extra)])
 
 
 def shared_title(runs):
@@ -522,7 +535,7 @@ def draw_plot(plot, path):
     with saved_figure(path, figsize=FIGURE_SIZE) as (fig, ax):
         for curve in plot["lines"]:
             ax.plot(curve["epochs"], curve["values"], color=curve["color"],
-                    linestyle=curve["linestyle"], label=curve["label"], linewidth=1.8,
+                    linestyle=curve["linestyle"], label=textwrap.fill(curve["label"], LEGEND_WRAP), linewidth=1.8,
                     marker="o" if len(curve["epochs"]) == 1 else None)  # 1 point: no line
             if curve.get("std"):
                 low = [value - std for value, std in zip(curve["values"], curve["std"])]
@@ -536,7 +549,8 @@ def draw_plot(plot, path):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
         if plot["lines"]:
-            ax.legend()
+            long_labels = max(len(curve["label"]) for curve in plot["lines"]) > LEGEND_WRAP
+            ax.legend(fontsize="small" if long_labels else None)
 
 
 def draw_gamma(run, path):
