@@ -12,7 +12,8 @@ The features are log-mel energies in dB relative to each clip's loudest cell, fl
 silence that pads a short clip becomes one floor value instead of log(0).
 
 WAV files are read with the standard library's `wave` (PCM, 8/16/24/32-bit, any channel count, mixed to
-mono); torchaudio would pin torch to an older release.
+mono; WAVE_FORMAT_EXTENSIBLE headers, which ffmpeg writes for 24-bit and multichannel files, need Python
+3.12's `wave`); torchaudio would pin torch to an older release.
 """
 
 import math
@@ -40,9 +41,15 @@ def read_wav(path: str) -> tuple:
             channels, width, rate, frames = (reader.getnchannels(), reader.getsampwidth(), reader.getframerate(),
                                              reader.getnframes())
             data = reader.readframes(frames)
-    except (wave.Error, EOFError, OSError) as e:
-        raise ValueError(f"cannot read {path}: not a PCM WAV file ({str(e) or type(e).__name__})") from None
-    if len(data) != frames * channels * width or not frames:
+    except Exception as e:  # wave.Error, EOFError, and RuntimeError from damaged chunk sizes
+        raise ValueError(f"cannot read {path}: not an integer-PCM WAV file that Python's wave module reads "
+                         f"({str(e) or type(e).__name__})") from None
+    if width not in (1, 2, 3, 4) or rate <= 0 or channels < 1:
+        raise ValueError(f"cannot read {path}: {8 * width}-bit samples at {rate} Hz in {channels} channels "
+                         f"(8/16/24/32-bit PCM at a positive rate is read)")
+    if not frames:
+        raise ValueError(f"cannot read {path}: it holds no audio (0 frames)")
+    if len(data) != frames * channels * width:
         raise ValueError(f"cannot read {path}: truncated (header says {frames} frames, "
                          f"{len(data) // max(channels * width, 1)} present)")
     if width == 1:  # 8-bit WAV is unsigned
@@ -147,7 +154,7 @@ def synthetic_audio(train_n: int, test_n: int, sample_rate: int, clip_samples: i
     """Deterministic clips whose class shows in a tone's pitch and a chirp's direction, at a random level,
     onset and length, in noise; names "{label}_s{speaker}_{index}.wav" with 4 speakers, who shift the pitch."""
     g = torch.Generator().manual_seed(4321)
-    pitch = 200 + 1800 * torch.rand(num_classes, generator=g) * min(1.0, sample_rate / 8000)  # Hz, below 2 kHz
+    pitch = 200 + 1800 * torch.rand(num_classes, generator=g) * min(1.0, sample_rate / 8000)  # Hz, 200-2000 at the start
     sweep = torch.where(torch.rand(num_classes, generator=g) < 0.5, -1.0, 1.0) * 0.5  # the chirp's octave per second
     t = torch.arange(clip_samples) / sample_rate
 
@@ -185,7 +192,7 @@ def group_split(names: list, regex: str, held_out: list) -> tuple:
         match = pattern.search(name)
         if match is None:
             raise DataError(f"--group-regex {regex!r} does not match the file name {name!r}")
-        groups.append(match[1] if pattern.groups else match[0])
+        groups.append((match[1] if pattern.groups else match[0]) or "")  # an optional group that did not take part
     unknown = sorted(set(held_out) - set(groups))
     if unknown:
         raise DataError(f"--val-groups {unknown[0]!r} matches no training file; the groups are "
@@ -255,10 +262,12 @@ class LogMel:
     def __call__(self, waves: torch.Tensor) -> torch.Tensor:
         f = self.features
         x = waves.float() / 32768 if waves.dtype == torch.int16 else waves.float()
-        spectrum = torch.stft(x, f.n_fft, f.hop_length, f.win_length, self.window, center=True, return_complex=True)
-        energies = self.filters @ spectrum.abs().square()  # (B, n_mels, frames)
-        db = 10 * torch.log10(energies + LOG_FLOOR)
-        return (db - db.amax(dim=(1, 2), keepdim=True)).clamp_min(-f.top_db)
+        with torch.autocast(x.device.type, enabled=False):  # evaluation calls it under autocast: fp16 overflows
+            spectrum = torch.stft(x, f.n_fft, f.hop_length, f.win_length, self.window, center=True,
+                                  return_complex=True)
+            energies = self.filters @ spectrum.abs().square()  # (B, n_mels, frames) float32
+            db = 10 * torch.log10(energies + LOG_FLOOR)
+            return (db - db.amax(dim=(1, 2), keepdim=True)).clamp_min(-f.top_db)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ AUDIO_DATASETS = ("audiofolder", "synthetic-audio")
 IMAGE_DEFAULTS = {"arch": "resnet32", "width": 1, "epochs": 160, "batch_size": 128}
 AUDIO_DEFAULTS = {"arch": "resnet1d32", "width": 2, "epochs": 30, "batch_size": 64}
 AUDIO_SETTINGS = ("sample_rate", "clip_seconds", "n_mels", "frame_ms", "hop_ms", "top_db", "time_shift_ms",
-                  "time_mask", "freq_mask")
+                  "time_mask", "freq_mask", "group_regex")
 FSDD_GROUP_REGEX = r"^[^_]*_([^_]*)_"  # {digit}_{speaker}_{index}.wav: the speaker
 TRAINABLE = ("all", "bn", "bn+fc", "fc", "none", "random")
 PHASE_MODES = ("all", "bn", "bn+fc", "fc", "none")  # random draws its entries once, so it cannot be a later phase
@@ -472,7 +472,10 @@ def resolve(cfg: Config, given: set) -> Config:
     for name, value in (AUDIO_DEFAULTS if audio_data else IMAGE_DEFAULTS).items():
         if getattr(cfg, name) is None:
             setattr(cfg, name, value)
-    misplaced = [] if audio_data else [n for n in AUDIO_SETTINGS if n in given] + ["val_groups"] * bool(cfg.val_groups)
+    # (on --resume without --dataset the data are the checkpoint's, known only when resume_config resolves again)
+    domain_known = "dataset" in given or not cfg.resume
+    misplaced = [] if audio_data or not domain_known else \
+        [n for n in AUDIO_SETTINGS if n in given] + ["val_groups"] * bool(cfg.val_groups)
     if misplaced:
         raise ConfigError(f"--{misplaced[0].replace('_', '-')} is a setting of audio data (--dataset "
                           f"{' or '.join(AUDIO_DATASETS)}), not of {cfg.dataset}")
@@ -498,11 +501,11 @@ def resolve(cfg: Config, given: set) -> Config:
         cfg.epochs, cfg.trainable = total, cfg.phases[0][0]
     elif cfg.milestones is None and cfg.schedule == "multistep":
         cfg.milestones = default_milestones(cfg.epochs)
-    validate(cfg)
+    validate(cfg, given)
     return cfg
 
 
-def validate(cfg: Config) -> None:
+def validate(cfg: Config, given=frozenset()) -> None:
     """Raise ConfigError naming the first bad value."""
     def require(ok, message):
         if not ok:
@@ -514,7 +517,7 @@ def validate(cfg: Config) -> None:
     require(cfg.lbfgs_max_eval is None or cfg.lbfgs_max_eval >= 1,
             f"--lbfgs-max-eval must be at least 1, got {cfg.lbfgs_max_eval}")
     validate_lbfgs(cfg, require)
-    validate_audio(cfg, require)
+    validate_audio(cfg, require, given)
     require(cfg.lbfgs_chunk_size >= 0, f"--lbfgs-chunk-size must be 0 or more, got {cfg.lbfgs_chunk_size}")
     shortest = min(epochs for _, epochs in cfg.phases) if cfg.phases else cfg.epochs
     require(0 <= cfg.warmup_epochs < shortest, f"--warmup-epochs must be at least 0 and below the "
@@ -556,10 +559,11 @@ def validate(cfg: Config) -> None:
             f"--device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
 
 
-def validate_audio(cfg: Config, require) -> None:
+def validate_audio(cfg: Config, require, given) -> None:
     """The model and the audio settings against the data (1-D models for audio, 2-D ones for images)."""
     audio_data = cfg.dataset in AUDIO_DATASETS
-    require(cfg.arch.startswith("resnet1d") == audio_data,
+    domain_known = not cfg.resume or "dataset" in given  # see resolve
+    require(cfg.arch.startswith("resnet1d") == audio_data or not domain_known,
             f"-a {cfg.arch} is a {'1-D (audio)' if cfg.arch.startswith('resnet1d') else '2-D (image)'} model and "
             f"--dataset {cfg.dataset} has {'audio' if audio_data else 'images'}: use "
             f"{'resnet1dD, e.g. ' + AUDIO_DEFAULTS['arch'] if audio_data else 'resnetD, e.g. resnet32'}")

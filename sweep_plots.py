@@ -22,7 +22,7 @@ def axis_value(run: dict, axis: str) -> float:
     any numeric setting of config.json; NaN when the run has none."""
     config = run["config"] or {}
     if axis == "depth":
-        match = re.fullmatch(r"resnet(\d+)", str(config.get("arch", "")))
+        match = re.fullmatch(r"resnet(?:1d)?(\d+)", str(config.get("arch", "")))
         return float(match[1]) if match else math.nan
     if axis == "trainable_params":
         return float((run.get("summary") or {}).get("trainable_params", math.nan))

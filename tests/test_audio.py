@@ -248,3 +248,32 @@ def test_a_checkpoint_whose_normalisation_does_not_fit_its_data_is_refused(tmp_p
     state["normalization"] = {"mean": [0.5] * 3, "std": [0.2] * 3}  # an image run's
     torch.save(state, tmp_path / "damaged.pt")
     assert_one_line_error(run_train("--resume", tmp_path / "damaged.pt", "-e"), "not a train.py checkpoint")
+
+
+def test_an_audio_run_resumes_with_audio_flags_and_its_features_ignore_autocast(tmp_path):
+    """--resume names no --dataset: the audio flags given with it are checked against the checkpoint's data.
+    Features are computed in float32 even inside evaluation's bf16 autocast."""
+    first = run_train(*AUDIO, "-t", "bn", "--epochs", "1", "--save-dir", tmp_path / "run")
+    assert first.returncode == 0, first.stderr
+    resumed = run_train("--resume", tmp_path / "run", "--epochs", "2", "-a", "resnet1d8", "--n-mels", "40",
+                        "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_one_line_error(run_train("--resume", tmp_path / "run", "--n-mels", "20"), "--n-mels 20", "checkpoint")
+    log_mel = audio.LogMel(audio.Features(), "cpu")
+    waves = torch.from_numpy(audio.to_int16(np.stack([tone(440, 1, 8000), tone(900, 1, 8000, 0.1)])))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = log_mel(waves)
+    assert inside.dtype == torch.float32 and torch.equal(inside, log_mel(waves))
+
+
+def test_wav_headers_out_of_range_are_errors_naming_the_file(tmp_path):
+    path = write_wav(tmp_path / "odd.wav", tone(440, 0.1, 8000))
+    raw = bytearray(path.read_bytes())
+    raw[34:36] = (40).to_bytes(2, "little")  # bits per sample: 40
+    raw[32:34] = (5).to_bytes(2, "little")  # block align to match
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="odd.wav"):
+        audio.read_wav(str(path))
+    empty = write_wav(tmp_path / "empty.wav", np.zeros(0))
+    with pytest.raises(ValueError, match="empty.wav.*no audio"):
+        audio.read_wav(str(empty))
