@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from folder_cache import DataError, cache_key, read_cache, split_folders, write_cache
+from folder_cache import DataError, cache_file, read_cache, split_folders, write_cache
 
 AUDIO_EXTENSIONS = (".wav",)
 LOG_FLOOR = 1e-10  # added to the mel energies before the logarithm (the top_db floor does the real work)
@@ -119,8 +119,7 @@ def load_audiofolder(data_dir: str, cache_dir: str, sample_rate: int, clip_sampl
     keyed by every file's path, size and modification time and by the rate and clip length."""
     folders = split_folders(data_dir, "audiofolder", "<files>.wav")
     train_dir = folders["train"]
-    key = cache_key(folders, f"audio rate{sample_rate} samples{clip_samples}")
-    cache_path = os.path.join(os.path.expanduser(cache_dir), f"audiofolder-{key}.npz")
+    cache_path = cache_file(cache_dir, "audiofolder", folders, f"audio rate{sample_rate} samples{clip_samples}")
     cached = read_cache(cache_path)
     if cached is not None:
         return cached

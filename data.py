@@ -14,7 +14,7 @@ import torch
 
 import audio
 from config import AUDIO_DATASETS
-from folder_cache import DataError, cache_key, read_cache, split_folders, write_cache
+from folder_cache import DataError, cache_file, read_cache, split_folders, write_cache
 
 SUBSET_SEED = 0  # fixed: --train-size/--test-size/--val-split pick the same images whatever --seed is
 # Per-channel mean and std (0-1 pixel scale) of the CIFAR training sets.
@@ -172,8 +172,7 @@ def load_imagefolder(data_dir: str, cache_dir: str, image_size: int, workers: in
     """
     folders = split_folders(data_dir, "imagefolder", "<images>")
     train_dir = folders["train"]
-    key = cache_key(folders, f"size{image_size}")
-    cache_path = os.path.join(os.path.expanduser(cache_dir), f"imagefolder-{key}.npz")
+    cache_path = cache_file(cache_dir, "imagefolder", folders, f"size{image_size}")
     cached = read_cache(cache_path)
     if cached is not None:
         return cached[:2]

@@ -49,6 +49,11 @@ def cache_key(folders: dict, settings: str) -> str:
     return digest.hexdigest()[:24]
 
 
+def cache_file(cache_dir: str, dataset: str, folders: dict, settings: str) -> str:
+    """The cache path of `dataset`'s decoded `folders` under `settings` (see cache_key)."""
+    return os.path.join(os.path.expanduser(cache_dir), f"{dataset}-{cache_key(folders, settings)}.npz")
+
+
 def read_cache(path: str):
     """(splits, class names, file names by split ({} when not stored)) from the cache, or None when there
     is no usable cache."""

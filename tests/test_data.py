@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 import data
+import folder_cache
 from config import parse_args
 from data import DataError, augment, channel_stats, load_dataset, random_crop, random_flip, stratified_split
 
@@ -153,10 +154,10 @@ def test_cache_key_sees_new_folders_and_files_behind_links(tmp_path):
     elsewhere = make_image_folder(tmp_path / "other", classes=("bird",), test=False)
     (root / "train" / "bird").symlink_to(elsewhere / "train" / "bird", target_is_directory=True)
     folders = {"train": str(root / "train")}
-    keys = [data.cache_key(folders, "size32")]
+    keys = [folder_cache.cache_key(folders, "size32")]
     (root / "train" / "fish").mkdir()  # an empty class folder
-    keys.append(data.cache_key(folders, "size32"))
+    keys.append(folder_cache.cache_key(folders, "size32"))
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(elsewhere / "train" / "bird" / "new.png")
-    keys.append(data.cache_key(folders, "size32"))  # an image added behind the link
+    keys.append(folder_cache.cache_key(folders, "size32"))  # an image added behind the link
     assert len(set(keys)) == 3
-    assert data.cache_key(folders, "size32") == keys[-1] != data.cache_key(folders, "size64")
+    assert folder_cache.cache_key(folders, "size32") == keys[-1] != folder_cache.cache_key(folders, "size64")
