@@ -77,6 +77,13 @@ def test_clips_are_padded_and_cropped_around_their_centre():
     assert audio.fit_clip(np.arange(10, dtype=np.float32), 4).tolist() == [3, 4, 5, 6]
 
 
+def test_a_recorders_dc_offset_is_removed_before_the_clip_is_padded(tmp_path):
+    offset = write_wav(tmp_path / "offset.wav", tone(300, 0.5, 8000, level=0.3) + 0.2)
+    clip = audio.decode_clip(str(offset), 8000, 8000).astype(np.float64) / 32767
+    assert abs(clip[2000:6000].mean()) < 1e-3 and abs(clip[2000:6000].max() - 0.3) < 1e-2  # the tone, centred
+    assert not clip[:1999].any() and not clip[6001:].any()  # the padding is silence, not an offset
+
+
 @pytest.mark.parametrize("content, words", [(b"RIFF\x24\x00\x00\x00WAVEfmt ", ["broken.wav"]),
                                             (b"not audio at all", ["broken.wav", "WAV"])])
 def test_a_truncated_or_foreign_file_is_a_one_line_error_naming_it(tmp_path, content, words):
