@@ -90,7 +90,7 @@ def to_int16(samples: np.ndarray) -> np.ndarray:
 
 def decode_clip(path: str, sample_rate: int, clip_samples: int) -> np.ndarray:
     """A file's samples at `sample_rate`, less their mean (a recorder's DC offset would otherwise fill the
-    lowest mel band: one FSDD speaker's is 40 times the others'), fitted to `clip_samples`, as int16."""
+    lowest mel band: one FSDD speaker's is hundreds of times the others'), fitted to `clip_samples`, as int16."""
     samples, rate = read_wav(path)
     samples = resample(samples, rate, sample_rate)
     return to_int16(fit_clip(samples - samples.mean(), clip_samples))
@@ -122,7 +122,8 @@ def load_audiofolder(data_dir: str, cache_dir: str, sample_rate: int, clip_sampl
     keyed by every file's path, size and modification time and by the rate and clip length."""
     folders = split_folders(data_dir, "audiofolder", "<files>.wav")
     train_dir = folders["train"]
-    cache_path = cache_file(cache_dir, "audiofolder", folders, f"audio rate{sample_rate} samples{clip_samples} dc-removed")
+    settings = f"audio rate{sample_rate} samples{clip_samples} dc-removed"
+    cache_path = cache_file(cache_dir, "audiofolder", folders, settings)
     cached = read_cache(cache_path)
     if cached is not None:
         return cached
