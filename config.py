@@ -76,10 +76,16 @@ def str2bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean (true/false/1/0/yes/no), got {text!r}")
 
 
+def arch_depth(name) -> int:
+    """The depth D of a model name resnetD or resnet1dD when D = 6n + 2 with n >= 1; else 0."""
+    match = re.fullmatch(r"resnet(1d)?(\d+)", str(name))
+    depth = int(match[2]) if match else 0
+    return depth if depth >= 8 and (depth - 2) % 6 == 0 else 0
+
+
 def arch_name(text) -> str:
-    """Check a model name: resnetD or resnet1dD with depth D = 6n + 2, n >= 1 (resnet.depth_of's rule)."""
-    match = re.fullmatch(r"resnet(1d)?(\d+)", str(text))
-    if not match or int(match[2]) < 8 or (int(match[2]) - 2) % 6:
+    """Check a model name: resnetD or resnet1dD with depth D = 6n + 2, n >= 1."""
+    if not arch_depth(text):
         raise argparse.ArgumentTypeError(f"expected resnetD (images) or resnet1dD (audio) with depth D = 6n + 2 "
                                          f"(resnet8, resnet14, resnet20, ..., resnet866), got {text!r}")
     return str(text)
@@ -472,9 +478,7 @@ def resolve(cfg: Config, given: set) -> Config:
     for name, value in (AUDIO_DEFAULTS if audio_data else IMAGE_DEFAULTS).items():
         if getattr(cfg, name) is None:
             setattr(cfg, name, value)
-    # (on --resume without --dataset the data are the checkpoint's, known only when resume_config resolves again)
-    domain_known = "dataset" in given or not cfg.resume
-    misplaced = [] if audio_data or not domain_known else \
+    misplaced = [] if audio_data or not domain_known(cfg, given) else \
         [n for n in AUDIO_SETTINGS if n in given] + ["val_groups"] * bool(cfg.val_groups)
     if misplaced:
         raise ConfigError(f"--{misplaced[0].replace('_', '-')} is a setting of audio data (--dataset "
@@ -559,11 +563,16 @@ def validate(cfg: Config, given=frozenset()) -> None:
             f"--device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
 
 
+def domain_known(cfg: Config, given) -> bool:
+    """Whether cfg.dataset is the run's data: on --resume without --dataset the data are the checkpoint's,
+    known only when resume_config resolves again."""
+    return "dataset" in given or not cfg.resume
+
+
 def validate_audio(cfg: Config, require, given) -> None:
     """The model and the audio settings against the data (1-D models for audio, 2-D ones for images)."""
     audio_data = cfg.dataset in AUDIO_DATASETS
-    domain_known = not cfg.resume or "dataset" in given  # see resolve
-    require(cfg.arch.startswith("resnet1d") == audio_data or not domain_known,
+    require(cfg.arch.startswith("resnet1d") == audio_data or not domain_known(cfg, given),
             f"-a {cfg.arch} is a {'1-D (audio)' if cfg.arch.startswith('resnet1d') else '2-D (image)'} model and "
             f"--dataset {cfg.dataset} has {'audio' if audio_data else 'images'}: use "
             f"{'resnet1dD, e.g. ' + AUDIO_DEFAULTS['arch'] if audio_data else 'resnetD, e.g. resnet32'}")

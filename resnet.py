@@ -17,13 +17,14 @@ Run `python resnet.py` for the parameter counts of the classic depths, `python r
 any others.
 """
 
-import re
 import sys
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
+
+from config import arch_depth
 
 AUDIO_ARCHS = ("resnet1d20", "resnet1d32", "resnet1d56")
 DEPTHS = {"resnet20": 20, "resnet32": 32, "resnet44": 44, "resnet56": 56, "resnet110": 110, "resnet1202": 1202}  # He et al.'s
@@ -143,9 +144,8 @@ resnet1202 = _constructor(1202)
 
 def depth_of(arch: str) -> int:
     """The depth D of the name 'resnetD' or 'resnet1dD'; D must be 6n + 2 with n >= 1 blocks per stage."""
-    match = re.fullmatch(r"resnet(1d)?(\d+)", arch)
-    depth = int(match[2]) if match else 0
-    if depth < 8 or (depth - 2) % 6:
+    depth = arch_depth(arch)
+    if not depth:
         raise ValueError(f"unknown arch {arch!r}: a CIFAR ResNet is resnetD (resnet1dD over time) with depth "
                          f"D = 6n + 2 (resnet8, resnet14, resnet20, ..., resnet866)")
     return depth

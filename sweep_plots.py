@@ -8,9 +8,9 @@ Pure functions on runs as plots.read_run returns them ({'name', 'config', 'histo
 """
 
 import math
-import re
 
 import analysis
+from config import arch_depth
 
 # axis -> (label, the settings it stands for: runs that differ only in them lie on one line)
 ACROSS = {"depth": ("depth (layers)", ("arch",)), "width": ("width (channels x K)", ("width",)),
@@ -22,8 +22,8 @@ def axis_value(run: dict, axis: str) -> float:
     any numeric setting of config.json; NaN when the run has none."""
     config = run["config"] or {}
     if axis == "depth":
-        match = re.fullmatch(r"resnet(?:1d)?(\d+)", str(config.get("arch", "")))
-        return float(match[1]) if match else math.nan
+        depth = arch_depth(config.get("arch", ""))
+        return float(depth) if depth else math.nan
     if axis == "trainable_params":
         return float((run.get("summary") or {}).get("trainable_params", math.nan))
     value = config.get(axis)
