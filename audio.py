@@ -262,13 +262,15 @@ class LogMel:
         self.window = torch.hann_window(features.win_length, device=device)
         self.filters = mel_filters(features).to(device)
 
-    def __call__(self, waves: torch.Tensor) -> torch.Tensor:
+    def __call__(self, waves: torch.Tensor, warp=None) -> torch.Tensor:
+        """`warp`, when given, maps the power spectrum (B, n_fft // 2 + 1, frames) before the mel bands."""
         f = self.features
         x = waves.float() / 32768 if waves.dtype == torch.int16 else waves.float()
         with torch.autocast(x.device.type, enabled=False):  # evaluation calls it under autocast: fp16 overflows
             spectrum = torch.stft(x, f.n_fft, f.hop_length, f.win_length, self.window, center=True,
                                   return_complex=True)
-            energies = self.filters @ spectrum.abs().square()  # (B, n_mels, frames) float32
+            power = spectrum.abs().square()
+            energies = self.filters @ (power if warp is None else warp(power))  # (B, n_mels, frames) float32
             db = 10 * torch.log10(energies + LOG_FLOOR)
             return (db - db.amax(dim=(1, 2), keepdim=True)).clamp_min(-f.top_db)
 
@@ -276,10 +278,12 @@ class LogMel:
 @dataclass(frozen=True)
 class Augmentation:
     """Random time shift of up to `shift_ms` either way (silence fills in); one time mask of up to
-    `time_mask` frames and one frequency mask of up to `freq_mask` mel bands per clip (0: off)."""
+    `time_mask` frames and one frequency mask of up to `freq_mask` mel bands per clip; each clip's
+    frequency axis scaled by a random factor within 1 ± `freq_warp` (0: off, each)."""
     shift_ms: float = 100.0
     time_mask: int = 10
     freq_mask: int = 8
+    freq_warp: float = 0.0
 
 
 def time_shift(waves: torch.Tensor, most: int, generator: torch.Generator) -> torch.Tensor:
@@ -291,6 +295,26 @@ def time_shift(waves: torch.Tensor, most: int, generator: torch.Generator) -> to
     padded = torch.nn.functional.pad(waves, (most, most))
     columns = (2 * most - shift)[:, None] + torch.arange(length, device=waves.device)
     return padded.gather(1, columns)
+
+
+def warp_frequencies(power: torch.Tensor, most: float, generator: torch.Generator) -> torch.Tensor:
+    """Vocal-tract-length perturbation of a power spectrum (B, bins, frames): each clip's frequency axis is
+    scaled by its own random factor a in [1 - most, 1 + most] below a knee (80 % of Nyquist, times a when
+    a < 1), then stretched linearly so that Nyquist stays Nyquist; bins are read by linear interpolation."""
+    if most <= 0:
+        return power
+    b, bins, frames = power.shape
+    a = (1 + most * (2 * torch.rand(b, generator=generator, device=power.device) - 1))[:, None]
+    top = bins - 1
+    out = torch.arange(bins, device=power.device, dtype=torch.float32)[None]  # (1, bins) output positions
+    knee = 0.8 * top * a.clamp(max=1)
+    above = knee / a + (out - knee) * (top - knee / a) / (top - knee)
+    source = torch.where(out <= knee, out / a, above).clamp(0, top)  # (b, bins) where each output bin reads
+    low = source.floor().long().clamp(max=top - 1)
+    weight = (source - low)[:, :, None]
+    rows = power.gather(1, low[:, :, None].expand(b, bins, frames))
+    following = power.gather(1, (low + 1)[:, :, None].expand(b, bins, frames))
+    return rows * (1 - weight) + following * weight
 
 
 def band_mask(size: int, count: int, widest: int, generator: torch.Generator, device) -> torch.Tensor:
@@ -312,10 +336,11 @@ class AudioInputs:
         self.std = torch.as_tensor(std, dtype=torch.float32, device=device).view(-1, 1)
 
     def augment(self, waves: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """(B, L) int16 -> (B, n_mels, frames) float features, shifted and masked; masked cells hold the
+        """(B, L) int16 -> (B, n_mels, frames) float features, shifted, warped and masked; masked cells hold the
         bin's mean, so they are 0 once normalised."""
         a, f = self.augmentation, self.log_mel.features
-        x = self.log_mel(time_shift(waves, round(a.shift_ms * f.sample_rate / 1000), generator))
+        warp = (lambda power: warp_frequencies(power, a.freq_warp, generator)) if a.freq_warp else None
+        x = self.log_mel(time_shift(waves, round(a.shift_ms * f.sample_rate / 1000), generator), warp)
         b, bins, frames = x.shape
         masked = torch.zeros_like(x, dtype=torch.bool)
         if a.time_mask:

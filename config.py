@@ -24,7 +24,7 @@ AUDIO_DATASETS = ("audiofolder", "synthetic-audio")
 IMAGE_DEFAULTS = {"arch": "resnet32", "width": 1, "epochs": 160, "batch_size": 128}
 AUDIO_DEFAULTS = {"arch": "resnet1d32", "width": 2, "epochs": 30, "batch_size": 64}
 AUDIO_SETTINGS = ("sample_rate", "clip_seconds", "n_mels", "frame_ms", "hop_ms", "top_db", "time_shift_ms",
-                  "time_mask", "freq_mask", "group_regex")
+                  "time_mask", "freq_mask", "freq_warp", "group_regex")
 FSDD_GROUP_REGEX = r"^[^_]*_([^_]*)_"  # {digit}_{speaker}_{index}.wav: the speaker
 TRAINABLE = ("all", "bn", "bn+fc", "fc", "none", "random")
 PHASE_MODES = ("all", "bn", "bn+fc", "fc", "none")  # random draws its entries once, so it cannot be a later phase
@@ -300,6 +300,9 @@ class Config:  # in the order of SECTIONS
         "audio augmentation: mask one run of up to this many frames per training clip (0: off)"))
     freq_mask: int = field(default=8, metadata=_flag(
         "audio augmentation: mask one run of up to this many mel bands per training clip (0: off)"))
+    freq_warp: float = field(default=0.0, metadata=_flag(
+        "audio augmentation: scale each training clip's frequency axis by a random factor within 1 ± this "
+        "(vocal-tract-length perturbation, e.g. 0.1; 0: off)"))
     image_size: int = field(default=32, metadata=_flag("imagefolder: images are resized to this square size"))
     cache_dir: str = field(default=os.path.join("~", ".cache", "bn-only"), metadata=_flag(
         "imagefolder: where decoded images are cached"))
@@ -585,6 +588,8 @@ def validate_audio(cfg: Config, require, given) -> None:
     require(cfg.n_mels >= 1, f"--n-mels must be at least 1, got {cfg.n_mels}")
     require(math.isfinite(cfg.time_shift_ms) and cfg.time_shift_ms >= 0,
             f"--time-shift-ms must be 0 or more, got {cfg.time_shift_ms}")
+    require(math.isfinite(cfg.freq_warp) and 0 <= cfg.freq_warp < 0.5,
+            f"--freq-warp must be in [0, 0.5), got {cfg.freq_warp}")
     for name in ("time_mask", "freq_mask"):
         require(getattr(cfg, name) >= 0, f"--{name.replace('_', '-')} must be 0 or more, got {getattr(cfg, name)}")
     require(not (cfg.val_groups and cfg.val_split), "--val-groups and --val-split both choose the validation "

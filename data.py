@@ -102,7 +102,7 @@ def audio_features(cfg) -> audio.Features:
 def input_pipeline(cfg, normalization: dict, device):
     """What turns a batch of a split into model input: ImageInputs, or audio.AudioInputs for audio data."""
     if is_audio(cfg):
-        augmentation = audio.Augmentation(cfg.time_shift_ms, cfg.time_mask, cfg.freq_mask)
+        augmentation = audio.Augmentation(cfg.time_shift_ms, cfg.time_mask, cfg.freq_mask, cfg.freq_warp)
         return audio.AudioInputs(audio_features(cfg), augmentation, normalization["mean"], normalization["std"],
                                  device)
     return ImageInputs(normalization["mean"], normalization["std"], device)

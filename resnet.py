@@ -278,6 +278,11 @@ def parameter_table(archs=tuple(DEPTHS) + AUDIO_ARCHS) -> str:
 def main(argv) -> int:
     """python resnet.py [DEPTH, resnetD or resnet1dD ...]: the table for those models (default: He et al.'s
     depths and the 1-D audio models)."""
+    if {"-h", "--help"} & set(argv):
+        print("usage: python resnet.py [DEPTH | resnetD | resnet1dD ...]\n\nparameter counts (total, BN, BN+fc, the "
+              "random control's) of CIFAR ResNets of depth D = 6n + 2; with no argument, He et al.'s depths and the "
+              "1-D audio models (width 2, 40 mel bands)")
+        return 0
     archs = [a if a.startswith("resnet") else f"resnet{a}" for a in argv]
     try:
         for arch in archs:

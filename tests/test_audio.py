@@ -173,6 +173,7 @@ def test_too_many_mel_bands_and_bad_audio_flags_are_one_line_errors(tmp_path):
     for args, words in ((["--n-mels", "120", "--frame-ms", "8"], ["--n-mels 120", "fewer bands"]),
                         (["--sample-rate", "0"], ["--sample-rate"]), (["--clip-seconds", "-1"], ["--clip-seconds"]),
                         (["--hop-ms", "nan"], ["--hop-ms"]), (["--freq-mask", "-2"], ["--freq-mask"]),
+                        (["--freq-warp", "0.5"], ["--freq-warp"]),
                         (["--frame-ms", "2000"], ["--frame-ms", "longer than the clip"]),
                         (["-a", "resnet32"], ["resnet32", "resnet1d"])):
         result = run_train(*AUDIO, "--epochs", "1", *args, "--save-dir", tmp_path / "run")
@@ -184,7 +185,7 @@ def test_too_many_mel_bands_and_bad_audio_flags_are_one_line_errors(tmp_path):
 
 def test_augmentation_is_a_function_of_the_generator_and_masks_hold_the_bin_mean():
     features = audio.Features()
-    inputs = audio.AudioInputs(features, audio.Augmentation(100, 10, 8), [-30.0] * 40, [10.0] * 40, "cpu")
+    inputs = audio.AudioInputs(features, audio.Augmentation(100, 10, 8, 0.1), [-30.0] * 40, [10.0] * 40, "cpu")
     waves = torch.from_numpy(audio.to_int16(np.stack([tone(400 + 100 * k, 1, 8000) for k in range(8)])))
     first = inputs.augment(waves, torch.Generator().manual_seed(5))
     assert torch.equal(first, inputs.augment(waves, torch.Generator().manual_seed(5)))
@@ -195,6 +196,22 @@ def test_augmentation_is_a_function_of_the_generator_and_masks_hold_the_bin_mean
     offsets = {int(row.nonzero()[0]) - int(row[row.nonzero()[0]]) + 1 for row in shifted}  # where value 1 went
     assert offsets <= set(range(-3, 4)) and len(offsets) > 3
     assert all((row[row > 0].diff() == 1).all() for row in shifted)  # shifted, not scrambled; silence fills in
+
+
+def test_frequency_warp_moves_a_tone_by_its_clips_factor_and_keeps_both_ends():
+    power = torch.zeros(200, 129, 3)
+    power[:, 50] = 1.0
+    warped = audio.warp_frequencies(power, 0.1, torch.Generator().manual_seed(0))
+    assert torch.equal(warped, audio.warp_frequencies(power, 0.1, torch.Generator().manual_seed(0)))
+    factor = torch.rand(200, generator=torch.Generator().manual_seed(0)) * 0.2 + 0.9  # the draw it made
+    centre = (warped[:, :, 0] * torch.arange(129)).sum(1) / warped[:, :, 0].sum(1)
+    torch.testing.assert_close(centre, 50 * factor, atol=0.51, rtol=0)  # below the knee: bin 50 -> 50 a
+    assert 45 <= float(centre.min()) < 46 and 54 < float(centre.max()) <= 55  # the draws span 0.9-1.1
+    ramp = torch.linspace(1, 2, 129)[None, :, None].repeat(4, 1, 2)
+    moved = audio.warp_frequencies(ramp, 0.1, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(moved[:, [0, -1]], ramp[:, [0, -1]])  # 0 Hz and Nyquist stay where they are
+    assert bool((moved.diff(dim=1) >= 0).all())  # a monotone map of the axis: a ramp stays a ramp
+    assert audio.warp_frequencies(power, 0, None) is power
 
 
 def test_1d_resnets_count_like_their_2d_models_and_freeze_the_same_way():
