@@ -114,8 +114,10 @@ def finite_max(values):
 
 def run_metrics(history, split):
     """Return the table's numbers for one run: final and best `split` accuracy, final train
-    accuracy and loss, and its total passes (None where a column is missing)."""
+    accuracy and loss, its total passes, and the final and best `split` accuracy with --bn-adapt's
+    statistics (None where a column is missing)."""
     held_out = history.get(f"{split}_acc") if split else None
+    adapted = history.get(f"{split}_adapted_acc") if split else None
     passes = history.get("passes")
     spent = history.get("image_passes")
     return {
@@ -125,6 +127,8 @@ def run_metrics(history, split):
         "final_train_loss": history["train_loss"][-1],
         "passes": sum(value for value in passes if not math.isnan(value)) if passes else None,
         "image_passes": spent[-1] / 1e6 if spent else None,
+        "final_adapted_acc": adapted[-1] if adapted else None,
+        "best_adapted_acc": finite_max(adapted) if adapted else None,
     }
 
 
@@ -147,7 +151,8 @@ def group_cells(label, histories):
     split = held_out_split(histories)
     metrics = [run_metrics(truncate(history, length), split) for history in histories]
     decimals = {"final_acc": ACC_DECIMALS, "best_acc": ACC_DECIMALS, "final_train_acc": ACC_DECIMALS,
-                "final_train_loss": LOSS_DECIMALS, "passes": PASSES_DECIMALS, "image_passes": IMAGE_PASSES_DECIMALS}
+                "final_train_loss": LOSS_DECIMALS, "passes": PASSES_DECIMALS, "image_passes": IMAGE_PASSES_DECIMALS,
+                "final_adapted_acc": ACC_DECIMALS, "best_adapted_acc": ACC_DECIMALS}
     cells = [label.replace("|", "\\|"), str(len(histories)), str(length)]
     cells += [format_mean_std([each[key] for each in metrics], places) for key, places in decimals.items()]
     return cells, split
@@ -158,7 +163,8 @@ def markdown_table(groups):
 
     Columns: label, n, epochs, final and best val accuracy (test when a group has no val),
     final train accuracy, final train loss, total passes and image-passes (millions, see add_compute_axes)
-    per run, each as mean ± std.
+    per run, each as mean ± std; then, when any run has them, the final and best held-out accuracy with
+    --bn-adapt's statistics.
     """
     rows, splits = zip(*(group_cells(label, histories) for label, histories in groups))
     held_out = f"{splits[0]}_acc" if len(set(splits)) == 1 and splits[0] else "held-out acc"
@@ -167,6 +173,11 @@ def markdown_table(groups):
                 for row, split in zip(rows, splits)]
     header = ["run", "n", "epochs", f"final {held_out}", f"best {held_out}", "final train_acc",
               "final train_loss", "passes", "image-passes (M)"]
+    if any(cell != MISSING for row in rows for cell in row[-2:]):
+        adapted = held_out.replace("_acc", "_adapted_acc") if held_out.endswith("_acc") else "adapted acc"
+        header += [f"final {adapted}", f"best {adapted}"]
+    else:
+        rows = [row[:-2] for row in rows]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)

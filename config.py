@@ -264,6 +264,11 @@ class Config:  # in the order of SECTIONS
         "before each evaluation, re-estimate BN running statistics as the plain average over N fixed "
         "training images (0: keep the running averages; default 4096 for L-BFGS, whose few large steps "
         "leave the running averages stale, 0 for SGD)"))
+    bn_adapt: bool = field(default=False, metadata=_flag(
+        "also evaluate each held-out split with BN running statistics recomputed on that split's own inputs, "
+        "never its labels (AdaBN: unsupervised adaptation to new data, e.g. an unseen speaker); history gains "
+        "val_adapted_loss/_acc (test_ too); training and the checkpoint keep the training statistics",
+        type=str2bool, metavar="BOOL"))
     seed: int = field(default=0, metadata=_flag("random seed: same seed and flags give the same run on the CPU"))
     dataset: str = field(default="cifar10", metadata=_flag(
         "cifar10 | cifar100 | imagefolder (DATA_DIR/train/<class>/*, optional test/ or val/) | synthetic | "

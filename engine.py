@@ -14,7 +14,7 @@ from batch_objective import (all_finite, batch_objective, bn_buffers, l2_penalty
                              quasi_newton_step, restore_bn_buffers, roll_back, snapshot)
 from config import default_milestones
 from data import epoch_order, fixed_subset_index
-from distributed import World, all_sum, shard
+from distributed import World, all_sum, average_bn_statistics, shard
 from quasi_newton import StochasticLBFGS
 
 
@@ -388,6 +388,26 @@ def recalibrate_bn(model, images: torch.Tensor, pipeline, count: int, compute: C
     batches = (compute.inputs(images[order[s:s + batch_size]], pipeline) for s in range(0, len(order), batch_size))
     with compute.autocast():
         torch.optim.swa_utils.update_bn(batches, model)
+
+
+@contextlib.contextmanager
+def adapted_bn(model, inputs: torch.Tensor, pipeline, compute: Compute, world: World = World(),
+               batch_size: int = 256):
+    """--bn-adapt: for the duration, BN running statistics are the plain average over a held-out split's own
+    (un-augmented) inputs, as AdaBN (Li et al. 2016) adapts a model to new data; the model's own come back
+    afterwards. Under torchrun each rank takes its part of the split in as many batches as every other rank
+    (so --sync-bn's layers meet), and the ranks' statistics are then averaged, as after training."""
+    saved = bn_buffers(model)
+    mine = inputs[shard(len(inputs), world)]
+    count = max(1, math.ceil(math.ceil(len(inputs) / world.size) / batch_size))
+    batches = (compute.inputs(part, pipeline) for part in mine.tensor_split(count))
+    with torch.no_grad(), compute.autocast():
+        torch.optim.swa_utils.update_bn(batches, model)
+    average_bn_statistics(model, world)
+    try:
+        yield
+    finally:
+        restore_bn_buffers(model, saved)
 
 
 @torch.inference_mode()

@@ -81,6 +81,7 @@ REQUIRED_COLUMNS = ("epoch", "train_loss", "train_acc")
 # Numeric columns this script knows; `phase` is read as text; any other column is ignored unread.
 KNOWN_COLUMNS = REQUIRED_COLUMNS + (
     "lr", "val_loss", "val_acc", "test_loss", "test_acc",
+    "val_adapted_loss", "val_adapted_acc", "test_adapted_loss", "test_adapted_acc",
     "epoch_seconds", "eval_seconds", "images_per_second", "passes", "rollbacks",
     "images_forward_backward", "images_forward_only",
 )

@@ -164,7 +164,7 @@ def summarize(rows: list, trainable_params: int, total_params: int, world_size: 
     if not rows:
         return summary
     summary["final"] = {k: v for k, v in rows[-1].items() if k.endswith(("_loss", "_acc"))}
-    for split in ("val", "test", "train"):
+    for split in ("val", "test", "train", "val_adapted", "test_adapted"):
         key = f"{split}_acc"
         if key in rows[-1]:
             best = max(rows, key=lambda r: r[key] if math.isfinite(r[key]) else -1.0)

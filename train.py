@@ -25,8 +25,9 @@ from analysis import gamma_stats
 from distributed import World, any_rank, broadcast_value, world_from_env
 from config import FIELDS, RUNTIME_SETTINGS, Config, ConfigError, fail, parse_args, phase_at, resolve, to_dict
 from data import input_pipeline, is_audio, load_dataset
-from engine import (NATIVE_CPU_FLAGS, Compute, TrainingDiverged, all_finite, build_optimizer, build_scheduler,
-                    evaluate, job_sums, recalibrate_bn, resolve_precision, step_images, train_one_epoch)
+from engine import (NATIVE_CPU_FLAGS, Compute, TrainingDiverged, adapted_bn, all_finite, build_optimizer,
+                    build_scheduler, evaluate, job_sums, recalibrate_bn, resolve_precision, step_images,
+                    train_one_epoch)
 from resnet import build_model, count_parameters, freeze, select_parameters
 from runfiles import (RUN_FILES, CheckpointError, check_save_dir, checkpoint_path, load_checkpoint, rng_state,
                       save_checkpoint, set_rng_state, summarize, write_history, write_json)
@@ -96,7 +97,8 @@ def epoch_line(row: dict, epochs: int) -> str:
              f"train loss {row['train_loss']:.4f} acc {row['train_acc']:6.2f}"]
     for split in ("val", "test"):
         if f"{split}_loss" in row:
-            parts.append(f"{split} loss {row[f'{split}_loss']:.4f} acc {row[f'{split}_acc']:6.2f}")
+            parts.append(f"{split} loss {row[f'{split}_loss']:.4f} acc {row[f'{split}_acc']:6.2f}"
+                         + (f" (adapted {row[f'{split}_adapted_acc']:6.2f})" if f"{split}_adapted_acc" in row else ""))
     parts.append(f"{row['epoch_seconds']:7.1f}s {row['images_per_second']:7.0f} img/s {row['passes']:>6} passes")
     return " | ".join(parts)
 
@@ -119,6 +121,11 @@ def run_epoch(epoch: int, cfg: Config, ex: "Experiment", after_step=None) -> dic
         if split in ex.splits:
             metrics = evaluate(ex.model, ex.splits[split], ex.pipeline, ex.compute, world=ex.world)
             row[f"{split}_loss"], row[f"{split}_acc"] = metrics["loss"], metrics["acc"]
+    for split in ("val", "test") if cfg.bn_adapt else ():
+        if split in ex.splits:
+            with adapted_bn(ex.model, ex.splits[split][0], ex.pipeline, ex.compute, ex.world):
+                metrics = evaluate(ex.model, ex.splits[split], ex.pipeline, ex.compute, world=ex.world)
+            row[f"{split}_adapted_loss"], row[f"{split}_adapted_acc"] = metrics["loss"], metrics["acc"]
     if ex.scheduler is not None:
         ex.scheduler.step()
     end = time.perf_counter()
@@ -207,6 +214,13 @@ def run(cfg: Config, given: set, world: World = World()) -> int:
                            world=world)
         if world.main:
             print(f"test_loss {metrics['loss']:.4f} test_acc {metrics['acc']:.2f}")
+        if cfg.bn_adapt:
+            with adapted_bn(experiment.model, experiment.splits["test"][0], experiment.pipeline, experiment.compute,
+                            world):
+                metrics = evaluate(experiment.model, experiment.splits["test"], experiment.pipeline,
+                                   experiment.compute, world=world)
+            if world.main:
+                print(f"test_adapted_loss {metrics['loss']:.4f} test_adapted_acc {metrics['acc']:.2f}")
         return 0
     on_main(world, lambda: prepare_save_dir(cfg, experiment.compute, in_place, world))
     return train(cfg, experiment, device)

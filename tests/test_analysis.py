@@ -50,6 +50,17 @@ def test_table_mixed_held_out_splits_say_which_and_missing_passes_is_a_dash():
     assert lines[3] == "| z | 1 | 2 | 52.50 (test) | 52.50 (test) | 75.00 | 1.0000 | – | – |"
 
 
+def test_table_has_the_adapted_accuracy_columns_when_a_run_has_them():
+    adapted = [history([80, 90], val_acc=[60.0, 55.0], val_adapted_acc=[70.0, 66.0]),
+               history([80, 90], val_acc=[58.0, 57.0], val_adapted_acc=[68.0, 72.0])]
+    plain = history([70, 75], val_acc=[50.0, 52.5])
+    lines = analysis.markdown_table([("a", adapted), ("p", [plain])]).splitlines()
+    assert lines[0].endswith("| image-passes (M) | final val_adapted_acc | best val_adapted_acc |")
+    assert lines[2].endswith("| – | – | 69.00 ± 4.24 | 71.00 ± 1.41 |")  # finals 66, 72; bests 70, 72
+    assert lines[3].endswith("| – | – | – | – |")
+    assert "adapted" not in analysis.markdown_table([("p", [plain])])
+
+
 def test_phase_changes_at_the_last_epoch_of_the_old_phase():
     switched = history([0] * 8, phase=["bn"] * 5 + ["all"] * 3)
     assert analysis.phase_changes(switched) == [{"epoch": 5.0, "label": "bn → all"}]

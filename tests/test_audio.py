@@ -1,7 +1,10 @@
 """Audio: WAV reading, the audiofolder cache, log-mel features, augmentation, the speaker split, the 1-D
 ResNets, and synthetic-audio runs (tests make their own recordings; they never read ../shared)."""
 
+import json
 import math
+import subprocess
+import sys
 import wave
 
 import numpy as np
@@ -11,7 +14,7 @@ import torch
 import audio
 import data
 from config import parse_args
-from conftest import TINY_AUTO, assert_one_line_error, read_csv, run_train, without_timings
+from conftest import REPO, TINY_AUTO, assert_one_line_error, read_csv, run_train, without_timings
 from data import load_dataset
 from resnet import build_model, count_parameters, freeze
 
@@ -237,6 +240,52 @@ def test_synthetic_audio_learns_and_the_defaults_follow_the_data(tmp_path):
     assert "training clips" in result.stdout
 
 
+def test_adapted_bn_holds_the_splits_statistics_inside_and_restores_the_models_after():
+    from engine import Compute, adapted_bn
+
+    class Identity:
+        def prepare(self, batch):
+            return batch
+    model = torch.nn.Sequential(torch.nn.BatchNorm1d(3)).train()
+    model(torch.randn(64, 3, 10))  # running statistics of some training data
+    before = [b.clone() for b in model[0].buffers()]
+    split = torch.randn(200, 3, 10, generator=torch.Generator().manual_seed(0)) * 2 + 5
+    with adapted_bn(model.eval(), split, Identity(), Compute(torch.device("cpu"))):
+        torch.testing.assert_close(model[0].running_mean, split.mean((0, 2)))
+        torch.testing.assert_close(model[0].running_var, split.transpose(0, 1).reshape(3, -1).var(1))
+        assert not model.training
+    assert all(torch.equal(b, saved) for b, saved in zip(model[0].buffers(), before))
+
+
+def test_bn_adapt_adds_adapted_evaluations_and_changes_nothing_else(tmp_path):
+    args = [*AUDIO, "-t", "bn", "--epochs", "2", "--val-groups", "s1"]
+    plain = run_train(*args, "--save-dir", tmp_path / "plain")
+    adapted = run_train(*args, "--bn-adapt", "true", "--save-dir", tmp_path / "adapted")
+    assert plain.returncode == 0 and adapted.returncode == 0, adapted.stderr
+    rows, adapted_rows = read_csv(tmp_path / "plain" / "history.csv"), read_csv(tmp_path / "adapted" / "history.csv")
+    extra = {f"{split}_adapted_{metric}" for split in ("val", "test") for metric in ("loss", "acc")}
+    assert set(adapted_rows[0]) - set(rows[0]) == extra
+    assert without_timings([{k: v for k, v in row.items() if k not in extra} for row in adapted_rows]) == \
+        without_timings(rows)  # training, and the evaluations with the training statistics, are unchanged
+    assert all(0 <= float(row["val_adapted_acc"]) <= 100 for row in adapted_rows)
+    first, second = (torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)["model"]
+                     for name in ("plain", "adapted"))
+    assert all(torch.equal(first[k], second[k]) for k in first)  # the training statistics were put back
+    summary = json.loads((tmp_path / "adapted" / "summary.json").read_text())
+    assert summary["final"]["val_adapted_acc"] == float(adapted_rows[-1]["val_adapted_acc"])
+    assert "best_val_adapted_acc" in summary and "(adapted" in adapted.stdout
+    evaluated = run_train("--resume", tmp_path / "adapted", "-e", "--no-progress")
+    assert evaluated.returncode == 0, evaluated.stderr
+    printed = dict(zip(*[iter(evaluated.stdout.split()[-4:])] * 2))  # test_adapted_loss X test_adapted_acc Y
+    assert float(printed["test_adapted_acc"]) == pytest.approx(float(adapted_rows[-1]["test_adapted_acc"]), abs=0.01)
+    script = subprocess.run([sys.executable, "scripts/adapt_checkpoints.py", str(tmp_path / "plain")],
+                            capture_output=True, text=True, cwd=REPO)  # the plain run's checkpoint, adapted now
+    assert script.returncode == 0, script.stderr
+    plain_acc, adapted_acc = (float(cell) for cell in script.stdout.splitlines()[-1].strip("| ").split(" | ")[1:])
+    assert plain_acc == pytest.approx(float(rows[-1]["val_acc"]), abs=0.01)
+    assert adapted_acc == pytest.approx(float(adapted_rows[-1]["val_adapted_acc"]), abs=0.01)
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", pytest.param("lbfgs", marks=pytest.mark.slow)])
 def test_audio_runs_resume_to_the_bit(tmp_path, optimizer):
     common = [*AUDIO, "-t", "bn", "--optimizer", optimizer, "--lbfgs-batch-size", "64"]
@@ -252,15 +301,15 @@ def test_audio_runs_resume_to_the_bit(tmp_path, optimizer):
 @pytest.mark.slow  # a torchrun job; the fast suite has the image one
 def test_two_ranks_with_sync_bn_follow_one_process_on_audio(tmp_path):
     """Every rank draws the same shifts and masks for the global batch, so 2 x 16 clips with --sync-bn train
-    like 1 x 32."""
+    like 1 x 32; --bn-adapt's statistics of each rank's half of a split are those of the whole split."""
     from test_distributed import torchrun
-    args = [*AUDIO, "-t", "bn", "--epochs", "1", "--val-groups", "s1"]
+    args = [*AUDIO, "-t", "bn", "--epochs", "1", "--val-groups", "s1", "--bn-adapt", "true"]
     single = run_train(*args, "-b", "32", "--save-dir", tmp_path / "single")
     double = torchrun(*args, "-b", "16", "--sync-bn", "true", "--save-dir", tmp_path / "double")
     assert single.returncode == 0, single.stderr
     assert double.returncode == 0, double.stderr[-2000:]
     one, two = read_csv(tmp_path / "single" / "history.csv"), read_csv(tmp_path / "double" / "history.csv")
-    for column in ("train_loss", "val_loss", "test_loss"):
+    for column in ("train_loss", "val_loss", "test_loss", "val_adapted_loss", "test_adapted_loss"):
         assert float(two[0][column]) == pytest.approx(float(one[0][column]), rel=1e-4), column
 
 

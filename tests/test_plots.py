@@ -332,6 +332,17 @@ def test_table_of_one_group_uses_folder_name_and_with_out_also_draws(tmp_path):
     assert lines[3:] == [str(out / "resnet32_SGD_bn_loss.png"), str(out / "resnet32_SGD_bn_acc.png")]
 
 
+def test_table_reads_the_adapted_accuracy_of_a_bn_adapt_run(tmp_path):
+    run = make_run(tmp_path, "adapted", epochs=2)
+    write_history(run, ["epoch", "train_loss", "train_acc", "val_acc", "val_adapted_loss", "val_adapted_acc"],
+                  (1, 1.0, 50.0, 40.0, 1.1, 45.0), (2, 0.8, 60.0, 50.0, 0.9, 58.5))
+    result = run_cli(run, "--table")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].endswith("| final val_adapted_acc | best val_adapted_acc |")
+    assert lines[2] == "| adapted | 1 | 2 | 50.00 | 50.00 | 60.00 | 0.8000 | – | – | 58.50 | 58.50 |"
+
+
 # ---------------------------------------------------------------- phases
 
 def test_phase_switch_is_marked_in_run_and_overlay_plots(tmp_path):

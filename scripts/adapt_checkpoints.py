@@ -1,0 +1,48 @@
+"""Evaluate the checkpoints of finished runs on their validation split twice: with the BatchNorm statistics
+of training, and with those recomputed on the split's own inputs, as --bn-adapt does (engine.adapted_bn);
+for runs made without --bn-adapt. One markdown row per run folder:
+
+    python scripts/adapt_checkpoints.py sweeps/fsdd_modes/*/
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import torch  # noqa: E402
+
+from config import ConfigError, parse_args  # noqa: E402
+from engine import adapted_bn, evaluate  # noqa: E402
+from runfiles import CheckpointError, checkpoint_path, load_checkpoint  # noqa: E402
+from train import build_experiment, resume_config  # noqa: E402
+
+
+def adapted_row(folder: str) -> str:
+    cli, given = parse_args(["--resume", folder, "-e", "--no-progress"])
+    checkpoint = load_checkpoint(checkpoint_path(folder))
+    cfg = resume_config(checkpoint, cli, given)
+    ex = build_experiment(cfg, torch.device("cpu"), checkpoint)
+    if "val" not in ex.splits:
+        raise ConfigError(f"{folder}: the run has no validation split")
+    plain = evaluate(ex.model, ex.splits["val"], ex.pipeline, ex.compute)
+    with adapted_bn(ex.model, ex.splits["val"][0], ex.pipeline, ex.compute):
+        adapted = evaluate(ex.model, ex.splits["val"], ex.pipeline, ex.compute)
+    return f"| {os.path.basename(os.path.normpath(folder))} | {plain['acc']:.2f} | {adapted['acc']:.2f} |"
+
+
+def main(folders: list) -> int:
+    if not folders:
+        print("usage: python scripts/adapt_checkpoints.py RUN_DIR...", file=sys.stderr)
+        return 2
+    print("| run | val acc | val acc, BN statistics of the split |\n|---|---:|---:|")
+    for folder in folders:
+        try:
+            print(adapted_row(folder), flush=True)
+        except (ConfigError, CheckpointError) as e:
+            print(f"adapt_checkpoints.py: error: {e}", file=sys.stderr)
+            return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
