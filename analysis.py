@@ -169,7 +169,8 @@ def markdown_table(groups):
     rows, splits = zip(*(group_cells(label, histories) for label, histories in groups))
     held_out = f"{splits[0]}_acc" if len(set(splits)) == 1 and splits[0] else "held-out acc"
     if held_out == "held-out acc":  # mixed: say per cell which split it is
-        rows = [row[:3] + [f"{cell} ({split})" if split else cell for cell in row[3:5]] + row[5:]
+        rows = [row[:3] + [f"{cell} ({split})" if split else cell for cell in row[3:5]] + row[5:-2]
+                + [f"{cell} ({split})" if split and cell != MISSING else cell for cell in row[-2:]]
                 for row, split in zip(rows, splits)]
     header = ["run", "n", "epochs", f"final {held_out}", f"best {held_out}", "final train_acc",
               "final train_loss", "passes", "image-passes (M)"]

@@ -22,6 +22,7 @@ import re
 import wave
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ from folder_cache import DataError, cache_file, read_cache, split_folders, write
 
 AUDIO_EXTENSIONS = (".wav",)
 LOG_FLOOR = 1e-10  # added to the mel energies before the logarithm (the top_db floor does the real work)
+WARP_KNEE = 0.8  # --freq-warp scales frequencies below this fraction of Nyquist (Jaitly & Hinton's VTLP)
 
 
 # ---------------------------------------------------------------- reading, resampling, clips
@@ -262,7 +264,7 @@ class LogMel:
         self.window = torch.hann_window(features.win_length, device=device)
         self.filters = mel_filters(features).to(device)
 
-    def __call__(self, waves: torch.Tensor, warp=None) -> torch.Tensor:
+    def __call__(self, waves: torch.Tensor, warp: Optional[Callable] = None) -> torch.Tensor:
         """`warp`, when given, maps the power spectrum (B, n_fft // 2 + 1, frames) before the mel bands."""
         f = self.features
         x = waves.float() / 32768 if waves.dtype == torch.int16 else waves.float()
@@ -299,15 +301,15 @@ def time_shift(waves: torch.Tensor, most: int, generator: torch.Generator) -> to
 
 def warp_frequencies(power: torch.Tensor, most: float, generator: torch.Generator) -> torch.Tensor:
     """Vocal-tract-length perturbation of a power spectrum (B, bins, frames): each clip's frequency axis is
-    scaled by its own random factor a in [1 - most, 1 + most] below a knee (80 % of Nyquist, times a when
-    a < 1), then stretched linearly so that Nyquist stays Nyquist; bins are read by linear interpolation."""
+    scaled by its own random factor a in [1 - most, 1 + most] below a knee (WARP_KNEE of Nyquist, times a
+    when a < 1), then stretched linearly so that Nyquist stays Nyquist; bins are read by linear interpolation."""
     if most <= 0:
         return power
     b, bins, frames = power.shape
     a = (1 + most * (2 * torch.rand(b, generator=generator, device=power.device) - 1))[:, None]
     top = bins - 1
     out = torch.arange(bins, device=power.device, dtype=torch.float32)[None]  # (1, bins) output positions
-    knee = 0.8 * top * a.clamp(max=1)
+    knee = WARP_KNEE * top * a.clamp(max=1)
     above = knee / a + (out - knee) * (top - knee / a) / (top - knee)
     source = torch.where(out <= knee, out / a, above).clamp(0, top)  # (b, bins) where each output bin reads
     low = source.floor().long().clamp(max=top - 1)

@@ -177,7 +177,7 @@ def peak_rss_mib(pid: int) -> float:
         return 0.0
 
 
-def run_measured(args: list) -> tuple:
+def run_measured(args: list, prog: str = "bench.py") -> tuple:
     """(wall seconds, peak RSS MiB, stdout) of a child process.
 
     The peak is the child's own VmHWM, polled until it exits (rusage's maxrss would include the
@@ -196,7 +196,7 @@ def run_measured(args: list) -> tuple:
         stdout, stderr = out.read().decode(), err.read().decode(errors="replace")
     if process.returncode:
         tail = stderr.strip().splitlines()[-1:] or ["(no message)"]
-        sys.exit(f"bench.py: error: {' '.join(map(str, args[1:4]))} ... exited {process.returncode}: {tail[0]}")
+        sys.exit(f"{prog}: error: {' '.join(map(str, args[1:4]))} ... exited {process.returncode}: {tail[0]}")
     return wall, rss, stdout
 
 
@@ -295,20 +295,20 @@ def table(header: list, rows: list) -> str:
     return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
-def bench_device(name: str):
+def bench_device(name: str, prog: str = "bench.py"):
     """The torch device to benchmark on, or None after a one-line error when it is not here."""
     try:
         device = torch.device(name)
     except RuntimeError:
         device = None
     if device is None or device.type not in ("cpu", "cuda"):
-        print(f"bench.py: error: --device must be cpu, cuda or cuda:N, got {name!r}", file=sys.stderr)
+        print(f"{prog}: error: --device must be cpu, cuda or cuda:N, got {name!r}", file=sys.stderr)
         return None
     if device.type == "cuda" and not torch.cuda.is_available():
-        print(f"bench.py: error: --device {name}: CUDA is not available on this machine", file=sys.stderr)
+        print(f"{prog}: error: --device {name}: CUDA is not available on this machine", file=sys.stderr)
         return None
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        print(f"bench.py: error: --device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)",
+        print(f"{prog}: error: --device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)",
               file=sys.stderr)
         return None
     return device

@@ -26,10 +26,12 @@ import torch
 
 import audio
 from bench import REPO, best_rate, bench_device, machine, run_measured, synchronize, table
-from config import AUDIO_DEFAULTS
+from config import AUDIO_DEFAULTS, ConfigError, parse_args
+from data import load_dataset
 from engine import Compute, resolve_precision, sgd_step
 from resnet import build_model, freeze
 
+PROG = "bench_audio.py"
 BATCH = AUDIO_DEFAULTS["batch_size"]
 FEATURES = audio.Features()  # train.py's defaults
 EPOCHS = 4  # per whole run
@@ -70,7 +72,7 @@ def whole_run(data_dir: str, trainable: str, extra: list, device: torch.device) 
         run = os.path.join(folder, "run")
         wall, rss, _ = run_measured([sys.executable, os.path.join(REPO, "train.py"), "--dataset", "audiofolder",
                                      "--data-dir", data_dir, "-t", trainable, "--epochs", str(EPOCHS), "--no-progress",
-                                     "--device", str(device), "--save-dir", run, *extra])
+                                     "--device", str(device), "--save-dir", run, *extra], PROG)
         with open(os.path.join(run, "history.csv")) as fh:
             header, *rows = fh.read().splitlines()
     history = [dict(zip(header.split(","), row.split(","))) for row in rows]
@@ -82,7 +84,7 @@ def whole_run(data_dir: str, trainable: str, extra: list, device: torch.device) 
     return {"clips": clips, "wall": wall, "rss_mib": rss, "startup": startup, "epochs": epochs, "later": later,
             "eval": evals, "loop_rate": clips / (later - evals),
             "default_run": startup + epochs[0] + (AUDIO_DEFAULTS["epochs"] - 1) * later,
-            "val_acc": history[-1]["val_acc"]}
+            "val_acc": history[-1].get("val_acc", history[-1].get("test_acc", "–"))}
 
 
 def main(argv=None) -> int:
@@ -91,13 +93,21 @@ def main(argv=None) -> int:
     parser.add_argument("--val-groups", default="george",
                         help="train.py's --val-groups for the whole runs ('' for none; default: george, FSDD's)")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
+    parser.add_argument("--cache-dir", help="train.py's --cache-dir for the decoded clips (default: train.py's)")
     args = parser.parse_args(argv)
     if not os.path.isdir(os.path.join(args.data_dir, "train")):
         print(f"bench_audio.py: error: no train/ folder in {args.data_dir}; point --data-dir at an audio folder "
               f"root (train/<class>/*.wav)", file=sys.stderr)
         return 2
-    device = bench_device(args.device)
+    device = bench_device(args.device, PROG)
     if device is None:
+        return 2
+    extra = (["--val-groups", args.val_groups] if args.val_groups else []) + \
+        (["--cache-dir", args.cache_dir] if args.cache_dir else [])
+    try:  # the folder and the groups checked, and the decoded-clip cache made, before anything is timed
+        load_dataset(parse_args(["--dataset", "audiofolder", "--data-dir", args.data_dir, *extra])[0])
+    except ConfigError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     default = Compute(device, resolve_precision("auto", device))
     other = Compute(device, "fp32" if default.precision == "bf16" else "bf16")
@@ -111,7 +121,6 @@ def main(argv=None) -> int:
     print(f"feature path per batch of {BATCH}: {train_ms:.2f} ms with augmentation ({100 * train_ms / step_ms:.1f} % "
           f"of the bare BN-only step, {step_ms:.1f} ms), {eval_ms:.2f} ms without (evaluation)", flush=True)
 
-    extra = ["--val-groups", args.val_groups] if args.val_groups else []
     rows = []
     for t in ("bn", "all"):
         for c in computes:

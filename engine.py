@@ -392,19 +392,22 @@ def recalibrate_bn(model, images: torch.Tensor, pipeline, count: int, compute: C
 
 @contextlib.contextmanager
 def adapted_bn(model, inputs: torch.Tensor, pipeline, compute: Compute, world: World = World(),
-               batch_size: int = 256):
-    """--bn-adapt: for the duration, BN running statistics are the plain average over a held-out split's own
+               batch_size: int = 1024):
+    """--bn-adapt: for the duration, BN running statistics are recomputed on a held-out split's own
     (un-augmented) inputs, as AdaBN (Li et al. 2016) adapts a model to new data; the model's own come back
-    afterwards. Under torchrun each rank takes its part of the split in as many batches as every other rank
-    (so --sync-bn's layers meet), and the ranks' statistics are then averaged, as after training."""
+    afterwards. A split of at most `batch_size` goes through in one batch, so they are exactly its
+    statistics; a larger one in equal batches of a fixed permutation (splits are often sorted by class),
+    whose statistics are averaged. Under torchrun each rank takes its part of that permutation in as many
+    batches as every other rank (so --sync-bn's layers meet), and the ranks' statistics are averaged."""
     saved = bn_buffers(model)
-    mine = inputs[shard(len(inputs), world)]
-    count = max(1, math.ceil(math.ceil(len(inputs) / world.size) / batch_size))
-    batches = (compute.inputs(part, pipeline) for part in mine.tensor_split(count))
-    with torch.no_grad(), compute.autocast():
-        torch.optim.swa_utils.update_bn(batches, model)
-    average_bn_statistics(model, world)
     try:
+        order = fixed_subset_index(len(inputs), len(inputs)).to(inputs.device)
+        mine = inputs[order[shard(len(inputs), world)]]
+        count = max(1, math.ceil(math.ceil(len(inputs) / world.size) / batch_size))
+        batches = (compute.inputs(part, pipeline) for part in mine.tensor_split(count))
+        with torch.no_grad(), compute.autocast():
+            torch.optim.swa_utils.update_bn(batches, model)
+        average_bn_statistics(model, world)
         yield
     finally:
         restore_bn_buffers(model, saved)

@@ -279,9 +279,9 @@ def main(argv) -> int:
     """python resnet.py [DEPTH, resnetD or resnet1dD ...]: the table for those models (default: He et al.'s
     depths and the 1-D audio models)."""
     if {"-h", "--help"} & set(argv):
-        print("usage: python resnet.py [DEPTH | resnetD | resnet1dD ...]\n\nparameter counts (total, BN, BN+fc, the "
-              "random control's) of CIFAR ResNets of depth D = 6n + 2; with no argument, He et al.'s depths and the "
-              "1-D audio models (width 2, 40 mel bands)")
+        print("usage: python resnet.py [DEPTH | 1dDEPTH | resnetD | resnet1dD ...]\n\nparameter counts (total, "
+              "BN, BN+fc, the random control's) of CIFAR ResNets of depth D = 6n + 2 (1-D ones at width 2 over "
+              f"{AUDIO_CHANNELS} mel bands); with no argument, He et al.'s depths and the 1-D audio models")
         return 0
     archs = [a if a.startswith("resnet") else f"resnet{a}" for a in argv]
     try:

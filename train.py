@@ -71,8 +71,9 @@ def resume_config(checkpoint: dict, cli: Config, given: set) -> Config:
         values["precision"] = "fp16"
     values["use_lbfgs"] = values["half"] = None  # resolve() sets them from the optimizer and the precision
     merged = resolve(Config(**values), given)
+    evaluation_only = ("bn_adapt",) if merged.evaluate else ()  # -e may add the adapted evaluation
     for name in saved:
-        if name not in RUNTIME_SETTINGS and getattr(merged, name) != saved[name]:
+        if name not in RUNTIME_SETTINGS + evaluation_only and getattr(merged, name) != saved[name]:
             flag = {"use_lbfgs": "--optimizer", "half": "--precision"}.get(name, f"--{name.replace('_', '-')}")
             raise ConfigError(f"{flag} {getattr(merged, name)} conflicts with the checkpoint's {saved[name]}; "
                               f"drop the flag to resume, or start a new run with another --save-dir")
@@ -207,6 +208,9 @@ def run(cfg: Config, given: set, world: World = World()) -> int:
         in_place = resuming_in_place(cfg, checkpoint)
         on_main(world, lambda: check_save_dir(cfg.save_dir, cfg.overwrite, resuming=in_place))
     experiment = build_experiment(cfg, device, checkpoint, world)
+    if cfg.bn_adapt and not {"val", "test"} & set(experiment.splits):
+        raise ConfigError("--bn-adapt needs a held-out split to adapt to: give --val-groups or --val-split, or "
+                          "data with a test/ folder")
     if cfg.evaluate:
         if "test" not in experiment.splits:
             raise ConfigError(f"--evaluate: the {cfg.dataset} data in {cfg.data_dir} has no test split")

@@ -18,6 +18,7 @@ from train import build_experiment, resume_config  # noqa: E402
 
 
 def adapted_row(folder: str) -> str:
+    """The table row of one run folder: its name, val accuracy with training's and with the split's statistics."""
     cli, given = parse_args(["--resume", folder, "-e", "--no-progress"])
     checkpoint = load_checkpoint(checkpoint_path(folder))
     cfg = resume_config(checkpoint, cli, given)
@@ -35,13 +36,14 @@ def main(folders: list) -> int:
         print("usage: python scripts/adapt_checkpoints.py RUN_DIR...", file=sys.stderr)
         return 2
     print("| run | val acc | val acc, BN statistics of the split |\n|---|---:|---:|")
-    for folder in folders:
+    status = 0
+    for folder in folders:  # a folder that fails is reported, and the others still get their rows
         try:
             print(adapted_row(folder), flush=True)
         except (ConfigError, CheckpointError) as e:
             print(f"adapt_checkpoints.py: error: {e}", file=sys.stderr)
-            return 2
-    return 0
+            status = 2
+    return status
 
 
 if __name__ == "__main__":

@@ -59,6 +59,10 @@ def test_table_has_the_adapted_accuracy_columns_when_a_run_has_them():
     assert lines[2].endswith("| – | – | 69.00 ± 4.24 | 71.00 ± 1.41 |")  # finals 66, 72; bests 70, 72
     assert lines[3].endswith("| – | – | – | – |")
     assert "adapted" not in analysis.markdown_table([("p", [plain])])
+    on_test = history([80, 90], test_acc=[50.0, 52.0], test_adapted_acc=[61.0, 63.0])
+    mixed = analysis.markdown_table([("a", adapted[:1]), ("t", [on_test])]).splitlines()
+    assert mixed[0].endswith("| final adapted acc | best adapted acc |")
+    assert mixed[2].endswith("| 66.00 (val) | 70.00 (val) |") and mixed[3].endswith("| 63.00 (test) | 63.00 (test) |")
 
 
 def test_phase_changes_at_the_last_epoch_of_the_old_phase():

@@ -199,6 +199,9 @@ def test_augmentation_is_a_function_of_the_generator_and_masks_hold_the_bin_mean
     offsets = {int(row.nonzero()[0]) - int(row[row.nonzero()[0]]) + 1 for row in shifted}  # where value 1 went
     assert offsets <= set(range(-3, 4)) and len(offsets) > 3
     assert all((row[row > 0].diff() == 1).all() for row in shifted)  # shifted, not scrambled; silence fills in
+    cfg = parse_args(["--dataset", "synthetic-audio", "--freq-warp", "0.1", "--time-mask", "3"])[0]
+    assert data.input_pipeline(cfg, {"mean": [0.0] * 40, "std": [1.0] * 40}, "cpu").augmentation == \
+        audio.Augmentation(100, 3, 8, 0.1)  # the flags reach the pipeline
 
 
 def test_frequency_warp_moves_a_tone_by_its_clips_factor_and_keeps_both_ends():
@@ -215,6 +218,17 @@ def test_frequency_warp_moves_a_tone_by_its_clips_factor_and_keeps_both_ends():
     torch.testing.assert_close(moved[:, [0, -1]], ramp[:, [0, -1]])  # 0 Hz and Nyquist stay where they are
     assert bool((moved.diff(dim=1) >= 0).all())  # a monotone map of the axis: a ramp stays a ramp
     assert audio.warp_frequencies(power, 0, None) is power
+    high = torch.zeros(1, 129, 1)
+    high[0, 110] = 1.0  # above the knee (at most 0.8 x 128 = 102.4): bin 110 maps linearly towards 128
+    factors = []
+    for seed in range(6):
+        a = 1 + 0.1 * (2 * float(torch.rand(1, generator=torch.Generator().manual_seed(seed))) - 1)  # its draw
+        moved = audio.warp_frequencies(high, 0.1, torch.Generator().manual_seed(seed))[0, :, 0]
+        knee = 0.8 * 128 * min(a, 1)  # where the knee is on the output axis; it reads source bin knee / a
+        expected = knee + (110 - knee / a) * (128 - knee) / (128 - knee / a)  # the output bin that reads 110
+        assert float((moved * torch.arange(129)).sum() / moved.sum()) == pytest.approx(expected, abs=0.5), a
+        factors.append(a)
+    assert min(factors) < 1 < max(factors)  # both sides of the knee's rule
 
 
 def test_1d_resnets_count_like_their_2d_models_and_freeze_the_same_way():
@@ -255,6 +269,11 @@ def test_adapted_bn_holds_the_splits_statistics_inside_and_restores_the_models_a
         torch.testing.assert_close(model[0].running_var, split.transpose(0, 1).reshape(3, -1).var(1))
         assert not model.training
     assert all(torch.equal(b, saved) for b, saved in zip(model[0].buffers(), before))
+    halves = torch.cat([torch.randn(300, 3, 10), torch.randn(300, 3, 10) + 10])  # sorted, as classes often are
+    with adapted_bn(model, halves, Identity(), Compute(torch.device("cpu")), batch_size=256):
+        # three batches of a shuffled order: each holds both halves, so the variance between them (25) counts
+        torch.testing.assert_close(model[0].running_var, halves.transpose(0, 1).reshape(3, -1).var(1), rtol=0.05,
+                                   atol=0)
 
 
 def test_bn_adapt_adds_adapted_evaluations_and_changes_nothing_else(tmp_path):
@@ -278,6 +297,14 @@ def test_bn_adapt_adds_adapted_evaluations_and_changes_nothing_else(tmp_path):
     assert evaluated.returncode == 0, evaluated.stderr
     printed = dict(zip(*[iter(evaluated.stdout.split()[-4:])] * 2))  # test_adapted_loss X test_adapted_acc Y
     assert float(printed["test_adapted_acc"]) == pytest.approx(float(adapted_rows[-1]["test_adapted_acc"]), abs=0.01)
+    plain_evaluated = run_train("--resume", tmp_path / "plain", "-e", "--bn-adapt", "true", "--no-progress")
+    assert plain_evaluated.returncode == 0, plain_evaluated.stderr  # -e may add the adapted evaluation
+    assert plain_evaluated.stdout.split()[-4:] == evaluated.stdout.split()[-4:]
+    root = make_speech_folder(tmp_path / "speech")  # no test/ folder, and no --val-groups: nothing to adapt to
+    nowhere = run_train("--dataset", "audiofolder", "--data-dir", root, "--cache-dir", tmp_path / "cache", "-a",
+                        "resnet1d8", "--bn-adapt", "true", "--save-dir", tmp_path / "nowhere")
+    assert_one_line_error(nowhere, "--bn-adapt", "--val-groups")
+    assert not (tmp_path / "nowhere").exists()
     script = subprocess.run([sys.executable, "scripts/adapt_checkpoints.py", str(tmp_path / "plain")],
                             capture_output=True, text=True, cwd=REPO)  # the plain run's checkpoint, adapted now
     assert script.returncode == 0, script.stderr
@@ -301,7 +328,8 @@ def test_audio_runs_resume_to_the_bit(tmp_path, optimizer):
 @pytest.mark.slow  # a torchrun job; the fast suite has the image one
 def test_two_ranks_with_sync_bn_follow_one_process_on_audio(tmp_path):
     """Every rank draws the same shifts and masks for the global batch, so 2 x 16 clips with --sync-bn train
-    like 1 x 32; --bn-adapt's statistics of each rank's half of a split are those of the whole split."""
+    like 1 x 32; --bn-adapt's one batch per rank pools both halves of a split, so the adapted statistics are
+    the whole split's, as in one process."""
     from test_distributed import torchrun
     args = [*AUDIO, "-t", "bn", "--epochs", "1", "--val-groups", "s1", "--bn-adapt", "true"]
     single = run_train(*args, "-b", "32", "--save-dir", tmp_path / "single")

@@ -301,4 +301,4 @@ def test_resnet_py_prints_the_depths_it_is_given(capsys):
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "resnet33" in error[0] and "6n + 2" in error[0]
     assert resnet.main(["--help"]) == 0
-    assert capsys.readouterr().out.startswith("usage: python resnet.py [DEPTH | resnetD | resnet1dD ...]")
+    assert capsys.readouterr().out.startswith("usage: python resnet.py [DEPTH | 1dDEPTH | resnetD | resnet1dD ...]")
