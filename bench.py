@@ -67,14 +67,16 @@ def matmul_peak(dtype: torch.dtype, device: torch.device) -> float:
     return best_rate(lambda: torch.mm(a, b), 2 * n ** 3, repeats=5, calls=3, device=device) / 1e9
 
 
-def make_step(trainable: str, compute: Compute):
-    """A training step (SGD, batch 128) on fixed synthetic tensors, as train.py runs it."""
+def make_step(trainable: str, compute: Compute, arch: str = "resnet32", width: int = 1, shape=(3, 32, 32),
+              batch: int = BATCH):
+    """A training step (SGD) on fixed synthetic inputs of `shape`, as train.py runs it; by default batch 128
+    of CIFAR images through ResNet-32 (bench_audio.py: the 1-D model on log-mel features)."""
     torch.manual_seed(0)
-    model = compute.place(build_model("resnet32")).train()
+    model = compute.place(build_model(arch, width=width, in_channels=shape[0])).train()
     optimizer = torch.optim.SGD(freeze(model, trainable), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    x = torch.randn(BATCH, 3, 32, 32, device=compute.device)
+    x = torch.randn(batch, *shape, device=compute.device)
     x = x.contiguous(memory_format=torch.channels_last) if compute.channels_last else x
-    y = torch.randint(0, 10, (BATCH,), device=compute.device)
+    y = torch.randint(0, 10, (batch,), device=compute.device)
     return lambda: sgd_step(model, optimizer, x, y, compute)
 
 

@@ -25,11 +25,11 @@ import time
 import torch
 
 import audio
+import bench
 from bench import REPO, best_rate, bench_device, machine, run_measured, synchronize, table
 from config import AUDIO_DEFAULTS, ConfigError, parse_args
 from data import load_dataset
-from engine import Compute, resolve_precision, sgd_step
-from resnet import build_model, freeze
+from engine import Compute, resolve_precision
 
 PROG = "bench_audio.py"
 BATCH = AUDIO_DEFAULTS["batch_size"]
@@ -39,13 +39,8 @@ EPOCHS = 4  # per whole run
 
 def make_step(trainable: str, compute: Compute):
     """A training step (SGD, the default batch) of the default audio model on fixed synthetic features."""
-    torch.manual_seed(0)
-    model = compute.place(build_model(AUDIO_DEFAULTS["arch"], width=AUDIO_DEFAULTS["width"],
-                                      in_channels=FEATURES.n_mels)).train()
-    optimizer = torch.optim.SGD(freeze(model, trainable), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    x = torch.randn(BATCH, FEATURES.n_mels, FEATURES.frames(FEATURES.sample_rate), device=compute.device)
-    y = torch.randint(0, 10, (BATCH,), device=compute.device)
-    return lambda: sgd_step(model, optimizer, x, y, compute)
+    return bench.make_step(trainable, compute, AUDIO_DEFAULTS["arch"], AUDIO_DEFAULTS["width"],
+                           (FEATURES.n_mels, FEATURES.frames(FEATURES.sample_rate)), BATCH)
 
 
 def feature_path_ms(device: torch.device, augment: bool, batches: int = 50) -> float:

@@ -413,6 +413,12 @@ def adapted_bn(model, inputs: torch.Tensor, pipeline, compute: Compute, world: W
         restore_bn_buffers(model, saved)
 
 
+def evaluate_adapted(model, split, pipeline, compute: Compute, world: World = World()) -> dict:
+    """`evaluate` with BN statistics recomputed on the split's own inputs (--bn-adapt; see adapted_bn)."""
+    with adapted_bn(model, split[0], pipeline, compute, world):
+        return evaluate(model, split, pipeline, compute, world=world)
+
+
 @torch.inference_mode()
 def evaluate(model, split, pipeline, compute: Compute, batch_size: int = 256, world: World = World()) -> dict:
     """Mean cross-entropy and accuracy (%) over a whole split, in eval mode; under torchrun each rank

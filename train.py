@@ -25,8 +25,8 @@ from analysis import gamma_stats
 from distributed import World, any_rank, broadcast_value, world_from_env
 from config import FIELDS, RUNTIME_SETTINGS, Config, ConfigError, fail, parse_args, phase_at, resolve, to_dict
 from data import input_pipeline, is_audio, load_dataset
-from engine import (NATIVE_CPU_FLAGS, Compute, TrainingDiverged, adapted_bn, all_finite, build_optimizer,
-                    build_scheduler, evaluate, job_sums, recalibrate_bn, resolve_precision, step_images,
+from engine import (NATIVE_CPU_FLAGS, Compute, TrainingDiverged, all_finite, build_optimizer, build_scheduler,
+                    evaluate, evaluate_adapted, job_sums, recalibrate_bn, resolve_precision, step_images,
                     train_one_epoch)
 from resnet import build_model, count_parameters, freeze, select_parameters
 from runfiles import (RUN_FILES, CheckpointError, check_save_dir, checkpoint_path, load_checkpoint, rng_state,
@@ -124,8 +124,7 @@ def run_epoch(epoch: int, cfg: Config, ex: "Experiment", after_step=None) -> dic
             row[f"{split}_loss"], row[f"{split}_acc"] = metrics["loss"], metrics["acc"]
     for split in ("val", "test") if cfg.bn_adapt else ():
         if split in ex.splits:
-            with adapted_bn(ex.model, ex.splits[split][0], ex.pipeline, ex.compute, ex.world):
-                metrics = evaluate(ex.model, ex.splits[split], ex.pipeline, ex.compute, world=ex.world)
+            metrics = evaluate_adapted(ex.model, ex.splits[split], ex.pipeline, ex.compute, ex.world)
             row[f"{split}_adapted_loss"], row[f"{split}_adapted_acc"] = metrics["loss"], metrics["acc"]
     if ex.scheduler is not None:
         ex.scheduler.step()
@@ -219,10 +218,8 @@ def run(cfg: Config, given: set, world: World = World()) -> int:
         if world.main:
             print(f"test_loss {metrics['loss']:.4f} test_acc {metrics['acc']:.2f}")
         if cfg.bn_adapt:
-            with adapted_bn(experiment.model, experiment.splits["test"][0], experiment.pipeline, experiment.compute,
-                            world):
-                metrics = evaluate(experiment.model, experiment.splits["test"], experiment.pipeline,
-                                   experiment.compute, world=world)
+            metrics = evaluate_adapted(experiment.model, experiment.splits["test"], experiment.pipeline,
+                                       experiment.compute, world)
             if world.main:
                 print(f"test_adapted_loss {metrics['loss']:.4f} test_adapted_acc {metrics['acc']:.2f}")
         return 0

@@ -1,5 +1,5 @@
 """Evaluate the checkpoints of finished runs on their validation split twice: with the BatchNorm statistics
-of training, and with those recomputed on the split's own inputs, as --bn-adapt does (engine.adapted_bn);
+of training, and with those recomputed on the split's own inputs, as --bn-adapt does (engine.evaluate_adapted);
 for runs made without --bn-adapt. One markdown row per run folder:
 
     python scripts/adapt_checkpoints.py sweeps/fsdd_modes/*/
@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402
 
 from config import ConfigError, parse_args  # noqa: E402
-from engine import adapted_bn, evaluate  # noqa: E402
+from engine import evaluate, evaluate_adapted  # noqa: E402
 from runfiles import CheckpointError, checkpoint_path, load_checkpoint  # noqa: E402
 from train import build_experiment, resume_config  # noqa: E402
 
@@ -26,8 +26,7 @@ def adapted_row(folder: str) -> str:
     if "val" not in ex.splits:
         raise ConfigError(f"{folder}: the run has no validation split")
     plain = evaluate(ex.model, ex.splits["val"], ex.pipeline, ex.compute)
-    with adapted_bn(ex.model, ex.splits["val"][0], ex.pipeline, ex.compute):
-        adapted = evaluate(ex.model, ex.splits["val"], ex.pipeline, ex.compute)
+    adapted = evaluate_adapted(ex.model, ex.splits["val"], ex.pipeline, ex.compute)
     return f"| {os.path.basename(os.path.normpath(folder))} | {plain['acc']:.2f} | {adapted['acc']:.2f} |"
 
 
