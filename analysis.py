@@ -3,7 +3,7 @@ results table, phase switches and BatchNorm γ statistics.
 
 Imports neither matplotlib nor torch, so the trainer can import `gamma_stats` to put its
 numbers into summary.json, and `plots.py` draws what these functions return.
-A history is {column: [value per epoch]} as `plots.read_history` returns it: floats,
+A history is {column: [value per epoch]} as `run_reader.read_history` returns it: floats,
 except the optional text column `phase`.
 """
 

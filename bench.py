@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from engine import AUTOCAST_DTYPES, Compute, cpu_emulates, cpu_has_amx, resolve_precision, sgd_step
 from resnet import build_model, freeze
+from run_reader import read_history
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 BATCH = 128
@@ -219,15 +220,14 @@ def project_whole_run(data_dir: str, trainable: str, train_size, extra: list, de
                 *(["--train-size", str(train_size)] if train_size else []),
                 *extra]
         wall, rss, _ = run_measured(args)
-        with open(os.path.join(folder, "run", "history.csv")) as fh:
-            header, row = fh.read().splitlines()[:2]
-        history = dict(zip(header.split(","), row.split(",")))
-    train_seconds = float(history["epoch_seconds"]) - float(history["eval_seconds"])
+        history = {column: values[0] for column, values in
+                   read_history(os.path.join(folder, "run", "history.csv")).items()}  # its one epoch
+    train_seconds = history["epoch_seconds"] - history["eval_seconds"]
     images = train_size or sum(len(files) for _, _, files in os.walk(os.path.join(data_dir, "train"))) - VAL_SPLIT
     return {"images": images, "wall": wall, "rss_mib": rss, "train_seconds": train_seconds,
-            "epoch_seconds": float(history["epoch_seconds"]), "eval_seconds": float(history["eval_seconds"]),
-            "startup_seconds": wall - float(history["epoch_seconds"]), "passes": int(history["passes"]),
-            "val_acc": float(history["val_acc"])}
+            "epoch_seconds": history["epoch_seconds"], "eval_seconds": history["eval_seconds"],
+            "startup_seconds": wall - history["epoch_seconds"], "passes": int(history["passes"]),
+            "val_acc": history["val_acc"]}
 
 
 def startup_parts(data_dir: str, device: torch.device) -> dict:

@@ -28,6 +28,7 @@ import audio
 import bench
 from bench import REPO, best_rate, bench_device, machine, run_measured, synchronize, table
 from config import AUDIO_DEFAULTS, ConfigError, parse_args
+from run_reader import read_history
 from data import load_dataset
 from engine import Compute, resolve_precision
 
@@ -68,18 +69,17 @@ def whole_run(data_dir: str, trainable: str, extra: list, device: torch.device) 
         wall, rss, _ = run_measured([sys.executable, os.path.join(REPO, "train.py"), "--dataset", "audiofolder",
                                      "--data-dir", data_dir, "-t", trainable, "--epochs", str(EPOCHS), "--no-progress",
                                      "--device", str(device), "--save-dir", run, *extra], PROG)
-        with open(os.path.join(run, "history.csv")) as fh:
-            header, *rows = fh.read().splitlines()
-    history = [dict(zip(header.split(","), row.split(","))) for row in rows]
-    epochs = [float(row["epoch_seconds"]) for row in history]
+        history = read_history(os.path.join(run, "history.csv"))
+    epochs = history["epoch_seconds"]
     later = statistics.median(epochs[1:])
-    evals = statistics.median(float(row["eval_seconds"]) for row in history[1:])
-    clips = int(history[-1]["images_forward_backward"])
+    evals = statistics.median(history["eval_seconds"][1:])
+    clips = int(history["images_forward_backward"][-1])
+    accuracy = history.get("val_acc") or history.get("test_acc")
     startup = wall - sum(epochs)
     return {"clips": clips, "wall": wall, "rss_mib": rss, "startup": startup, "epochs": epochs, "later": later,
             "eval": evals, "loop_rate": clips / (later - evals),
             "default_run": startup + epochs[0] + (AUDIO_DEFAULTS["epochs"] - 1) * later,
-            "val_acc": history[-1].get("val_acc", history[-1].get("test_acc", "–"))}
+            "val_acc": f"{accuracy[-1]:.2f}" if accuracy else "–"}
 
 
 def main(argv=None) -> int:

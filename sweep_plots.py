@@ -3,7 +3,7 @@ or any other), one line per training mode and seed group, mean ± std over the s
 paper's figures; the fraction of BatchNorm features switched off (|γ| < 0.01) against the same axis; and
 the markdown table of the same numbers. plots.py calls this with --across AXIS.
 
-Pure functions on runs as plots.read_run returns them ({'name', 'config', 'history', 'summary'}); only
+Pure functions on runs as run_reader.read_run returns them ({'name', 'config', 'history', 'summary'}); only
 `draw_across` touches matplotlib.
 """
 

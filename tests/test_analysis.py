@@ -116,7 +116,7 @@ def test_history_written_over_rows_of_two_generations_reads_back_with_compute_pe
     lines = (tmp_path / "history.csv").read_text().splitlines()
     assert lines == ["epoch,train_loss,train_acc,passes,images_forward_backward,images_forward_only",
                      "1,2.0,10.0,10,,", "2,2.0,10.0,10,1000,200"]
-    import plots
-    history = analysis.add_compute_axes(plots.read_history(str(tmp_path / "history.csv")),
+    import run_reader
+    history = analysis.add_compute_axes(run_reader.read_history(str(tmp_path / "history.csv")),
                                         {"optimizer": "sgd", "batch_size": 64})
     assert history["image_passes"] == [640.0, 640.0 + 1000 + analysis.FORWARD_ONLY_COST * 200]

@@ -12,6 +12,7 @@ from matplotlib import colors
 from matplotlib import image as mpimg
 
 from conftest import run_main
+import run_reader  # conftest puts the repo on the path
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -426,7 +427,7 @@ def test_settings_added_later_take_their_defaults_and_phases_compare_as_trainabl
     old = make_run(tmp_path, "old")  # BASE_CONFIG has none of the newer settings
     new = make_run(tmp_path, "new", label_smoothing=0.0, warmup_epochs=0, bn_weight_decay=True, phases=None,
                    resolved_precision="fp32", lbfgs_line_search="strong_wolfe")
-    configs = [plots.read_folder(str(folder))["config"] for folder in (old, new)]
+    configs = [run_reader.read_folder(str(folder))["config"] for folder in (old, new)]
     assert plots.differing_settings(configs) == []
     # The process count is a setting (with per-process BN and batch it changes the experiment):
     # 2 processes are not a seed of 1, and a run from before torchrun counts as 1 process.
