@@ -5,8 +5,10 @@
 The run folder is copied into a temporary folder first, so the run itself is not touched (train.py's
 "stopped by SIGTERM ... continue with" line names that copy, which is gone when the script ends). Columns: the
 step, the batch's loss at the step's start, |s| (the step's length in parameter space), the norm of the
-running mean gradient, the newest pair's scale s.y / y.y, and the smallest and largest curvature
-y.s / s.s among the stored pairs. `--damping` replaces the run's damping from the first step on (the
+running mean gradient, the newest pair's scale s.y / y.y, the smallest and largest curvature
+y.s / s.s among the stored pairs, the number of pairs, the cosine between the step and the batch's
+negative gradient, the step's length over lr x the gradient's (what a plain gradient step of the same
+lr would take), and the gradients' signal-to-noise ratio across batches (StochasticLBFGS.step_scale). `--damping` replaces the run's damping from the first step on (the
 pairs already stored keep theirs until they age out). docs/results.md (why the multibatch run
 collapsed) used it on the collapsed run's checkpoint.
 """
@@ -24,6 +26,26 @@ import quasi_newton  # noqa: E402
 import train  # noqa: E402
 
 
+class RecordingObjective:
+    """The step's objective, keeping the first gradient it hands out (the batch's, at the step's start)."""
+
+    def __init__(self, inner):
+        self.inner, self.first_gradient = inner, None
+
+    def __getattr__(self, name):
+        attr = getattr(self.inner, name)
+        if name not in ("gradient", "part_gradients"):
+            return attr
+
+        def recorded(*args):
+            result = attr(*args)
+            if self.first_gradient is None:
+                self.first_gradient = result[1].detach().clone()
+            return result
+
+        return recorded
+
+
 def logging_step(out, steps: int, damping):
     """A StochasticLBFGS.step that also writes a row to `out`, and stops the run (SIGTERM: it saves and
     exits) after `steps` steps."""
@@ -34,13 +56,20 @@ def logging_step(out, steps: int, damping):
         if damping is not None:
             self.param_groups[0]["damping"] = damping
         before = quasi_newton.flat([p.detach() for p in self._params]).clone()
+        if not hasattr(objective, "gradient"):
+            objective = quasi_newton.ClosureObjective(objective, self._params)
+        objective = RecordingObjective(objective)
         loss = original(self, objective)
         after = quasi_newton.flat([p.detach() for p in self._params])
         state = self._state()
         s, y = state["s"].double(), state["y"].double()
         curvatures = ((s * y).sum(1) / (s * s).sum(1)).tolist() or [float("nan")]
-        out.write(f"{count[0]},{loss:.6f},{float((after - before).norm()):.6e},{float(state['grad_mean'].norm()):.6e},"
-                  f"{self.gamma(state):.6e},{min(curvatures):.6e},{max(curvatures):.6e},{len(s)}\n")
+        step_vector, grad = (after - before).double(), objective.first_gradient.double()
+        cosine = float(-(step_vector @ grad) / (step_vector.norm() * grad.norm()).clamp_min(1e-30))
+        ratio = float(step_vector.norm() / (self.param_groups[0]["lr"] * grad.norm()).clamp_min(1e-30))
+        out.write(f"{count[0]},{loss:.6f},{float(step_vector.norm()):.6e},{float(state['grad_mean'].norm()):.6e},"
+                  f"{self.gamma(state):.6e},{min(curvatures):.6e},{max(curvatures):.6e},{len(s)},"
+                  f"{cosine:.4f},{ratio:.4e},{self.step_scale(state):.4e}\n")
         out.flush()
         count[0] += 1
         if count[0] == steps:
@@ -61,7 +90,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as scratch, open(args.out, "w") as out:
         copy = os.path.join(scratch, "run")
         shutil.copytree(args.run, copy)
-        out.write("step,loss,step_norm,mean_grad_norm,gamma,min_curvature,max_curvature,pairs\n")
+        out.write("step,loss,step_norm,mean_grad_norm,gamma,min_curvature,max_curvature,pairs,"
+                  "cos_step_neg_grad,step_over_lr_grad,signal_to_noise\n")
         quasi_newton.StochasticLBFGS.step = logging_step(out, args.steps, args.damping)
         try:
             extend = ["--epochs", str(args.epochs)] if args.epochs else []

@@ -304,3 +304,28 @@ def test_history_mode_reset_empties_the_batch_variants_memory_before_every_batch
         memories.append((len(state["s"]), state["batches"]))
     assert memories[0][0] > 2 and memories[1][0] <= 2  # reset keeps at most the last batch's 2 pairs
     assert memories[0][1] == memories[1][1] == 4  # the gradient statistics span every batch either way
+
+
+def test_the_step_log_script_records_descending_steps_of_a_resumed_run(tmp_path):
+    """scripts/lbfgs_step_log.py resumes a copy of a finished L-BFGS run and writes one row per step;
+    every step of the default (no momentum) descends on its batch's gradient, and the run is untouched."""
+    import subprocess
+    import sys
+
+    from conftest import REPO, TINY, read_csv, run_train
+
+    run = tmp_path / "lbfgs"
+    assert run_train(*TINY, "-t", "bn", "--use-lbfgs", "True", "--epochs", "1", "--save-dir", run).returncode == 0
+    history = (run / "history.csv").read_text()
+    out = tmp_path / "steps.csv"
+    script = subprocess.run([sys.executable, "scripts/lbfgs_step_log.py", str(run), "--steps", "3", "--epochs", "4",
+                             "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert script.returncode == 0, script.stderr
+    rows = read_csv(out)
+    assert len(rows) == 3
+    for row in rows:
+        assert 0 < float(row["cos_step_neg_grad"]) <= 1 + 1e-6
+        assert float(row["step_norm"]) > 0 and float(row["step_over_lr_grad"]) > 0
+        assert 0 < float(row["signal_to_noise"]) <= 1
+    assert int(rows[-1]["pairs"]) >= 1
+    assert (run / "history.csv").read_text() == history
