@@ -30,7 +30,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from engine import AUTOCAST_DTYPES, Compute, cpu_emulates, cpu_has_amx, resolve_precision, sgd_step
+from compute import AUTOCAST_DTYPES, Compute, cpu_emulates, cpu_has_amx, resolve_precision
+from engine import sgd_step
 from resnet import build_model, freeze
 from run_reader import read_history
 

@@ -30,7 +30,7 @@ from bench import REPO, best_rate, bench_device, machine, run_measured, synchron
 from config import AUDIO_DEFAULTS, ConfigError, parse_args
 from run_reader import read_history
 from data import load_dataset
-from engine import Compute, resolve_precision
+from compute import Compute, resolve_precision
 
 PROG = "bench_audio.py"
 BATCH = AUDIO_DEFAULTS["batch_size"]

@@ -25,9 +25,9 @@ from analysis import gamma_stats
 from distributed import World, any_rank, broadcast_value, world_from_env
 from config import FIELDS, RUNTIME_SETTINGS, Config, ConfigError, fail, parse_args, phase_at, resolve, to_dict
 from data import input_pipeline, is_audio, load_dataset
-from engine import (NATIVE_CPU_FLAGS, Compute, TrainingDiverged, all_finite, build_optimizer, build_scheduler,
-                    evaluate, evaluate_adapted, job_sums, recalibrate_bn, resolve_precision, step_images,
-                    train_one_epoch)
+from compute import NATIVE_CPU_FLAGS, Compute, resolve_precision
+from engine import (TrainingDiverged, all_finite, build_optimizer, build_scheduler, evaluate, evaluate_adapted,
+                    job_sums, recalibrate_bn, step_images, train_one_epoch)
 from resnet import build_model, count_parameters, freeze, select_parameters
 from runfiles import (RUN_FILES, CheckpointError, check_save_dir, checkpoint_path, load_checkpoint, rng_state,
                       save_checkpoint, set_rng_state, summarize, write_history, write_json)

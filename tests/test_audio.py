@@ -255,7 +255,8 @@ def test_synthetic_audio_learns_and_the_defaults_follow_the_data(tmp_path):
 
 
 def test_adapted_bn_holds_the_splits_statistics_inside_and_restores_the_models_after():
-    from engine import Compute, adapted_bn
+    from compute import Compute
+    from engine import adapted_bn
 
     class Identity:
         def prepare(self, batch):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import bench
-import engine
+import compute
 
 
 @pytest.fixture
@@ -96,7 +96,7 @@ def test_main_interleaves_rounds_and_leaves_an_emulated_bf16_out(monkeypatch, ca
     where the CPU emulates bf16 there is no bf16 row, run or matmul peak."""
     calls, peaks = [], []
     monkeypatch.setattr(bench, "resolve_precision", lambda precision, device: "fp32")
-    monkeypatch.setattr(engine, "cpu_emulates", lambda precision: emulated and precision != "fp32")  # Compute.emulated
+    monkeypatch.setattr(compute, "cpu_emulates", lambda precision: emulated and precision != "fp32")  # Compute.emulated
     monkeypatch.setattr(bench, "matmul_peak", lambda dtype, device: peaks.append(dtype) or 100.0)
     monkeypatch.setattr(bench, "step_flops", lambda trainable: 1e8)
     monkeypatch.setattr(bench, "make_step", lambda trainable, compute: compute.precision)

@@ -17,7 +17,8 @@ from config import parse_args
 from data import ImageInputs
 from distributed import (World, all_sum, average_bn_statistics, convert_sync_batchnorm, shard, stop,
                          world_from_env, wrap)
-from engine import Compute, build_optimizer, evaluate, train_one_epoch
+from compute import Compute
+from engine import build_optimizer, evaluate, train_one_epoch
 from resnet import build_model, freeze
 
 SMALL = [*TINY, "-t", "bn", "--val-split", "64", "--epochs", "2"]

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from conftest import REPO, TINY, read_csv, run_train, without_timings
-from engine import Compute, build_optimizer, lbfgs_step
+from compute import Compute
+from engine import build_optimizer, lbfgs_step
 from config import parse_args
 from resnet import build_model, freeze
 from runfiles import load_checkpoint

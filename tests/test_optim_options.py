@@ -10,7 +10,8 @@ import torch.nn.functional as F
 import engine
 from config import ConfigError, parse_args
 from data import ImageInputs
-from engine import Compute, build_optimizer, lbfgs_chunks, lbfgs_step, sgd_step, train_one_epoch
+from compute import Compute
+from engine import build_optimizer, lbfgs_chunks, lbfgs_step, sgd_step, train_one_epoch
 from resnet import build_model, freeze, select_parameters
 from train import setup_phase
 

@@ -7,12 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import engine
+import compute
 import train
 from config import ConfigError, parse_args
 from data import ImageInputs
 from conftest import TINY, TINY_AUTO, assert_one_line_error, read_csv, run_train
-from engine import Compute, resolve_precision, sgd_step
+from compute import Compute, resolve_precision
+from engine import sgd_step
 from resnet import build_model, freeze
 
 CPU = torch.device("cpu")
@@ -39,7 +40,7 @@ def test_bad_precision_is_a_usage_error(tmp_path):
 
 @pytest.mark.parametrize("amx", [True, False])
 def test_auto_precision_is_bf16_only_where_measured_safe_and_faster(monkeypatch, amx):
-    monkeypatch.setattr(engine, "cpu_has_amx", lambda: amx)
+    monkeypatch.setattr(compute, "cpu_has_amx", lambda: amx)
     fast = "bf16" if amx else "fp32"  # without AMX, bf16 lost 0.87 points (AVX512-BF16) or is emulated (slower)
     assert resolve_precision("auto", CPU) == fast
     assert resolve_precision("auto", CPU, "adam") == fast  # same gradients as SGD, with which parity was measured
@@ -52,19 +53,19 @@ def test_auto_precision_is_bf16_only_where_measured_safe_and_faster(monkeypatch,
 
 def test_cpu_has_amx_asks_torch_else_reads_the_cpu_flags(monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
-    assert engine.cpu_has_amx() is True
+    assert compute.cpu_has_amx() is True
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    assert engine.cpu_has_amx() is False
+    assert compute.cpu_has_amx() is False
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")  # an older torch
     for cpuinfo, expected in (("flags\t\t: fpu avx512_bf16 amx_bf16 amx_tile\n", True),
                               ("processor : 0\nflags\t\t: fpu avx512_bf16\n", False)):
-        monkeypatch.setattr(engine, "open", lambda *args, text=cpuinfo: io.StringIO(text), raising=False)
-        assert engine.cpu_has_amx() is expected
+        monkeypatch.setattr(compute, "open", lambda *args, text=cpuinfo: io.StringIO(text), raising=False)
+        assert compute.cpu_has_amx() is expected
 
     def unreadable(*args):
         raise OSError("no /proc here")
-    monkeypatch.setattr(engine, "open", unreadable, raising=False)
-    assert engine.cpu_has_amx() is False
+    monkeypatch.setattr(compute, "open", unreadable, raising=False)
+    assert compute.cpu_has_amx() is False
 
 
 AVX2_ONLY = "processor\t: 0\nflags\t\t: fpu sse2 avx fma avx2\n"  # e.g. AMD EPYC Zen 3
@@ -77,21 +78,21 @@ AVX2_ONLY = "processor\t: 0\nflags\t\t: fpu sse2 avx fma avx2\n"  # e.g. AMD EPY
     ("processor\t: 0\nFeatures\t: fp asimd bf16\n", set()),  # not x86: cannot tell, no claim
 ])
 def test_cpu_emulates_reads_the_x86_flags(monkeypatch, cpuinfo, emulated):
-    monkeypatch.setattr(engine, "open", lambda *args: io.StringIO(cpuinfo), raising=False)
-    assert {p for p in ("fp32", "bf16", "fp16") if engine.cpu_emulates(p)} == emulated
+    monkeypatch.setattr(compute, "open", lambda *args: io.StringIO(cpuinfo), raising=False)
+    assert {p for p in ("fp32", "bf16", "fp16") if compute.cpu_emulates(p)} == emulated
 
 
 def test_cpu_emulates_nothing_where_the_flags_cannot_be_read(monkeypatch):
     def unreadable(*args):
         raise OSError("no /proc here")
-    monkeypatch.setattr(engine, "open", unreadable, raising=False)
-    assert not any(engine.cpu_emulates(p) for p in ("fp32", "bf16", "fp16"))
+    monkeypatch.setattr(compute, "open", unreadable, raising=False)
+    assert not any(compute.cpu_emulates(p) for p in ("fp32", "bf16", "fp16"))
 
 
 @pytest.mark.parametrize("precision, noted", [("bf16", True), pytest.param("fp16", True, marks=pytest.mark.slow),
                                               ("fp32", False)])
 def test_run_notes_an_emulated_precision(monkeypatch, capsys, tmp_path, precision, noted):
-    monkeypatch.setattr(engine, "open", lambda *args: io.StringIO(AVX2_ONLY), raising=False)
+    monkeypatch.setattr(compute, "open", lambda *args: io.StringIO(AVX2_ONLY), raising=False)
     args = [*TINY_AUTO, "--epochs", "1", "--train-size", "64", "--precision", precision]
     assert train.main([*args, "--save-dir", str(tmp_path / "run")]) == 0
     notes = [line for line in capsys.readouterr().err.splitlines() if "emulates" in line]
@@ -102,13 +103,13 @@ def test_run_notes_an_emulated_precision(monkeypatch, capsys, tmp_path, precisio
 
 def test_resumed_run_keeps_the_precision_it_started_with(monkeypatch, tmp_path):
     cfg = parse_args([])[0]
-    monkeypatch.setattr(engine, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(compute, "cpu_has_amx", lambda: False)
     assert train.run_precision(cfg, CPU, {}) == "fp32"  # checkpoints from before it was recorded: auto was fp32
     assert train.run_precision(parse_args(["--precision", "bf16"])[0], CPU, {}) == "bf16"
     folder = tmp_path / "run"
-    monkeypatch.setattr(engine, "cpu_has_amx", lambda: True)  # started where auto means bf16 ...
+    monkeypatch.setattr(compute, "cpu_has_amx", lambda: True)  # started where auto means bf16 ...
     assert train.main([*TINY_AUTO, "--epochs", "1", "--train-size", "64", "--save-dir", str(folder)]) == 0
-    monkeypatch.setattr(engine, "cpu_has_amx", lambda: False)  # ... resumed where it means fp32
+    monkeypatch.setattr(compute, "cpu_has_amx", lambda: False)  # ... resumed where it means fp32
     assert train.main(["--resume", str(folder), "--epochs", "2", "--no-progress"]) == 0
     assert json.loads((folder / "config.json").read_text())["resolved_precision"] == "bf16"
     assert torch.load(folder / "checkpoint.pt", weights_only=True)["resolved_precision"] == "bf16"
@@ -119,15 +120,15 @@ def test_bf16_step_keeps_batchnorm_and_loss_in_fp32_and_tracks_the_fp32_step():
     torch.manual_seed(0)
     images, labels = torch.randn(32, 3, 32, 32), torch.arange(32) % 10
     results = {}
-    for name, compute in (("fp32", Compute(CPU)), ("bf16", Compute(CPU, "bf16", channels_last=True))):
+    for name, arithmetic in (("fp32", Compute(CPU)), ("bf16", Compute(CPU, "bf16", channels_last=True))):
         torch.manual_seed(1)
         model = build_model("resnet20").train()
-        if compute.channels_last:
+        if arithmetic.channels_last:
             model = model.to(memory_format=torch.channels_last)
         params = freeze(model, "bn")
         optimizer = torch.optim.SGD(params, lr=0.1)
-        x = compute.inputs(images.clamp(0, 1).mul(255).byte(), ImageInputs((0.0,) * 3, (1.0,) * 3, "cpu"))
-        results[name] = sgd_step(model, optimizer, x, labels, compute, compute.grad_scaler())
+        x = arithmetic.inputs(images.clamp(0, 1).mul(255).byte(), ImageInputs((0.0,) * 3, (1.0,) * 3, "cpu"))
+        results[name] = sgd_step(model, optimizer, x, labels, arithmetic, arithmetic.grad_scaler())
         results[name]["grad"] = torch.cat([p.grad.flatten() for p in params])
         assert model.bn1.running_mean.dtype == torch.float32
         assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in params)

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from batch_objective import BatchObjective, Piece, quasi_newton_step
 from config import parse_args
 from data import ImageInputs
-from engine import Compute, build_optimizer
+from compute import Compute
+from engine import build_optimizer
 from line_search import backtracking
 from quasi_newton import DAMPING, StochasticLBFGS, flat, two_loop
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from conftest import REPO, TINY, assert_one_line_error, read_csv, run_train, without_timings
-from engine import Compute, bn_buffers, build_optimizer, lbfgs_step, sgd_step
+from compute import Compute
+from engine import bn_buffers, build_optimizer, lbfgs_step, sgd_step
 from config import parse_args
 from data import ImageInputs
 from resnet import build_model, freeze
