@@ -4,6 +4,7 @@ for runs made without --bn-adapt. One markdown row per run folder:
 
     python scripts/adapt_checkpoints.py sweeps/fsdd_modes/*/
 """
+import argparse
 import os
 import sys
 
@@ -11,10 +12,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import torch  # noqa: E402
 
-from config import ConfigError, parse_args  # noqa: E402
+from config import ConfigError, OneLineParser, parse_args  # noqa: E402
 from engine import evaluate, evaluate_adapted  # noqa: E402
+from resuming import resume_config  # noqa: E402
 from runfiles import CheckpointError, checkpoint_path, load_checkpoint  # noqa: E402
-from train import build_experiment, resume_config  # noqa: E402
+from train import build_experiment  # noqa: E402
 
 
 def adapted_row(folder: str) -> str:
@@ -30,10 +32,11 @@ def adapted_row(folder: str) -> str:
     return f"| {os.path.basename(os.path.normpath(folder))} | {plain['acc']:.2f} | {adapted['acc']:.2f} |"
 
 
-def main(folders: list) -> int:
-    if not folders:
-        print("usage: python scripts/adapt_checkpoints.py RUN_DIR...", file=sys.stderr)
-        return 2
+def main(argv=None) -> int:
+    parser = OneLineParser(prog="adapt_checkpoints.py", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folders", nargs="+", metavar="RUN_DIR", help="run folders with a checkpoint.pt and a val split")
+    folders = parser.parse_args(argv).folders
     print("| run | val acc | val acc, BN statistics of the split |\n|---|---:|---:|")
     status = 0
     for folder in folders:  # a folder that fails is reported, and the others still get their rows
@@ -46,4 +49,4 @@ def main(folders: list) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -312,6 +312,8 @@ def test_bn_adapt_adds_adapted_evaluations_and_changes_nothing_else(tmp_path):
     plain_acc, adapted_acc = (float(cell) for cell in script.stdout.splitlines()[-1].strip("| ").split(" | ")[1:])
     assert plain_acc == pytest.approx(float(rows[-1]["val_acc"]), abs=0.01)
     assert adapted_acc == pytest.approx(float(adapted_rows[-1]["val_adapted_acc"]), abs=0.01)
+    no_folder = subprocess.run([sys.executable, "scripts/adapt_checkpoints.py"], capture_output=True, text=True, cwd=REPO)
+    assert_one_line_error(no_folder, "RUN_DIR")
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", pytest.param("lbfgs", marks=pytest.mark.slow)])

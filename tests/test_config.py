@@ -182,7 +182,7 @@ def test_each_lbfgs_variant_fills_its_own_defaults_and_flags_override_them():
 
 
 def test_a_checkpoint_from_before_the_variants_resumes_as_torch():
-    from train import resume_config
+    from resuming import resume_config
     old = to_dict(parse_args(["--use-lbfgs", "true", "--lbfgs-variant", "torch"])[0])
     del old["lbfgs_variant"], old["lbfgs_variance_scaling"], old["lbfgs_damping"], old["lbfgs_momentum"]
     cli, given = parse_args(["--resume", "x"])

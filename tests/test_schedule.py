@@ -119,7 +119,7 @@ def test_resume_across_phases_matches_the_uninterrupted_run(tmp_path, stop_epoch
 
 def test_a_checkpoint_from_before_lambdalr_resumes_at_its_position():
     """Checkpoints once held a MultiStepLR state; the LambdaLR now built loads its position from it."""
-    from train import scheduler_state
+    from resuming import scheduler_state
     cfg = parse_args(["--epochs", "8", "--milestones", "3,6"])[0]
     old_optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     old = torch.optim.lr_scheduler.MultiStepLR(old_optimizer, milestones=[3, 6], gamma=0.1)
@@ -128,7 +128,7 @@ def test_a_checkpoint_from_before_lambdalr_resumes_at_its_position():
         old.step()
     optimizer = build_optimizer(cfg, [torch.nn.Parameter(torch.zeros(1))])
     scheduler = build_scheduler(cfg, optimizer)
-    optimizer.load_state_dict(old_optimizer.state_dict())  # in the order of train.restore
+    optimizer.load_state_dict(old_optimizer.state_dict())  # in the order of resuming.restore
     scheduler.load_state_dict(scheduler_state(old.state_dict()))
     assert scheduler.last_epoch == 4 and optimizer.param_groups[0]["lr"] == pytest.approx(0.01)
     optimizer.step()
