@@ -27,10 +27,10 @@ import torch
 import audio
 import bench
 from bench import REPO, best_rate, bench_device, machine, run_measured, synchronize, table
-from config import AUDIO_DEFAULTS, ConfigError, parse_args
-from run_reader import read_history
-from data import load_dataset
 from compute import Compute, resolve_precision
+from config import AUDIO_DEFAULTS, ConfigError, parse_args
+from data import load_dataset
+from run_reader import read_history
 
 PROG = "bench_audio.py"
 BATCH = AUDIO_DEFAULTS["batch_size"]

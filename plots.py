@@ -64,7 +64,7 @@ SEED_KEYS = frozenset({"seed", "checkpoint_minutes"})
 # Settings whose value follows another's default: runs with different optimizers have different
 # default learning rates, and are still a comparison of optimizers.
 # The same holds for the L-BFGS-only settings when only one of the runs uses L-BFGS.
-# And --phases runs: their default milestones are per phase, `phases` shows as `trainable` (with_defaults).
+# And --phases runs: their default milestones are per phase, `phases` shows as `trainable` (run_reader.with_defaults).
 FOLLOWS = {"optimizer": ("lr", "bn_recalibrate", "lbfgs_variant", "lbfgs_history", "lbfgs_max_iter", "lbfgs_max_eval",
                          "lbfgs_batch_size", "lbfgs_chunk_size", "lbfgs_line_search", "lbfgs_history_mode",
                          "lbfgs_damping", "lbfgs_momentum", "lbfgs_variance_scaling"),

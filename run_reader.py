@@ -1,6 +1,6 @@
 """Read run folders (config.json, history.csv, summary.json, checkpoint.pt) into plain dicts.
 
-plots.py and sweep_plots.py draw from these, bench.py reads its timed runs' rows with them. Nothing here
+plots.py and sweep_plots.py draw from these; bench.py and bench_audio.py read their timed runs' rows with them. Nothing here
 imports the trainer, so a run is read without torch (checkpoint.pt, for the γ pictures, loads it then).
 A folder that cannot be read raises RunError, whose message reads '<what> in <path>; <how to fix>'.
 """
@@ -30,6 +30,7 @@ KNOWN_COLUMNS = REQUIRED_COLUMNS + (
 
 class RunError(Exception):
     """A run folder that cannot be read; the message reads '<what> in <path>; <how to fix>'."""
+
 
 def read_config(path):
     """Return the settings dict in `path` (a config.json), or raise RunError."""

@@ -3,14 +3,18 @@
     python scripts/lbfgs_step_log.py RUN_DIR --steps 120 --out steps.csv [--damping 0.05] [--epochs E]
 
 The run folder is copied into a temporary folder first, so the run itself is not touched (train.py's
-"stopped by SIGTERM ... continue with" line names that copy, which is gone when the script ends). Columns: the
-step, the batch's loss at the step's start, |s| (the step's length in parameter space), the norm of the
-running mean gradient, the newest pair's scale s.y / y.y, the smallest and largest curvature
-y.s / s.s among the stored pairs, the number of pairs, the cosine between the step and the batch's
-negative gradient, the step's length over lr x the gradient's (what a plain gradient step of the same
-lr would take), and the gradients' signal-to-noise ratio across batches (StochasticLBFGS.step_scale). `--damping` replaces the run's damping from the first step on (the
-pairs already stored keep theirs until they age out). docs/results.md (why the multibatch run
-collapsed) used it on the collapsed run's checkpoint.
+"stopped by SIGTERM ... continue with" line names that copy, which is gone when the script ends).
+
+Columns: the step, the batch's loss at the step's start, |s| (the step's length in parameter space), the
+norm of the running mean gradient, the newest pair's scale s.y / y.y, the smallest and largest curvature
+y.s / s.s among the stored pairs, the number of pairs, the cosine between s and the batch's negative
+gradient at the step's start, |s| / (lr |g|) (1 for a plain gradient step of the same lr), and the
+gradients' signal-to-noise ratio across batches (StochasticLBFGS.step_scale). For the `batch` variant s
+spans all the step's iterations; a step the line search rejects logs a cosine of 0; with --lbfgs-momentum
+the cosine may be negative (the step follows the average, not this batch's gradient).
+
+`--damping` replaces the run's damping from the first step on (the pairs already stored keep theirs until
+they age out). docs/results.md (why the multibatch run collapsed) used it on the collapsed run's checkpoint.
 """
 
 import argparse

@@ -99,10 +99,10 @@ def test_main_interleaves_rounds_and_leaves_an_emulated_bf16_out(monkeypatch, ca
     monkeypatch.setattr(compute, "cpu_emulates", lambda precision: emulated and precision != "fp32")  # Compute.emulated
     monkeypatch.setattr(bench, "matmul_peak", lambda dtype, device: peaks.append(dtype) or 100.0)
     monkeypatch.setattr(bench, "step_flops", lambda trainable: 1e8)
-    monkeypatch.setattr(bench, "make_step", lambda trainable, compute: compute.precision)
+    monkeypatch.setattr(bench, "make_step", lambda trainable, arithmetic: arithmetic.precision)
     monkeypatch.setattr(bench, "best_rate", lambda step, items, device=None: {"fp32": 300.0, "bf16": 600.0}[step])
-    monkeypatch.setattr(bench, "data_path_ms", lambda compute: 1.0)
-    monkeypatch.setattr(bench, "eval_seconds", lambda compute: 2.0)
+    monkeypatch.setattr(bench, "data_path_ms", lambda arithmetic: 1.0)
+    monkeypatch.setattr(bench, "eval_seconds", lambda arithmetic: 2.0)
     parts = {"import": 1.0, "cache_load": 0.5, "model_build": 0.01}
     monkeypatch.setattr(bench, "startup_parts", lambda data_dir, device: parts)
     run = {"images": 1000, "train_seconds": 3.0, "eval_seconds": 1.0, "startup_seconds": 1.0, "rss_mib": 900.0,

@@ -443,3 +443,16 @@ def test_settings_added_later_take_their_defaults_and_phases_compare_as_trainabl
     assert plots.comparison_key(runs) == "trainable"  # phases and their per-phase milestones follow it
     assert plots.run_labels(runs) == ["trainable=all", "trainable=bn:2,all:8"]
     assert plots.plan_comparison_plots(runs, "trainable")[0]["filename"] == "all_vs_bn_2_all_8_loss.png"
+
+
+def test_plotting_and_sweeping_never_load_torch_or_the_trainer():
+    """plots.py redraws from run files alone and sweep.py only starts train.py runs (STYLE.md): importing
+    them loads neither torch nor the engine, the trainer or the precision checks."""
+    import subprocess
+    import sys
+
+    code = ("import sys, plots, sweep, sweep_plots, run_reader; "
+            "print(sorted(m for m in ('torch', 'engine', 'train', 'compute', 'resuming') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
