@@ -116,11 +116,14 @@ def with_defaults(config):
     """The settings of a config.json as compared and shown: settings added to the trainer after the run
     was made take their defaults (an older run is not 'different' in them), a --phases run shows
     its phases as its `trainable` value, e.g. 'bn:5,all:155', and a stochastic L-BFGS variant shows as
-    its own optimizer, e.g. 'lbfgs-multibatch' (torch's L-BFGS stays 'lbfgs')."""
+    its own optimizer, e.g. 'lbfgs-multibatch' (torch's L-BFGS stays 'lbfgs'), and --precision auto shows as
+    the precision it resolved to, so an auto run computed in fp32 is a seed of an fp32 one."""
     if "lbfgs_variant" not in config:  # a run from before the L-BFGS variants: its L-BFGS settings were torch's
         config = {"lbfgs_variant": "torch", **LBFGS_DEFAULTS["torch"], **config}
     config = {**{k: v for k, v in SETTING_DEFAULTS.items() if k not in config}, **config}
     config.setdefault("resolved_precision", "fp32")  # runs from before --precision were fp32
+    if config.get("precision") == "auto":  # a request: the run is what it resolved to (fp32 on an older CPU)
+        config["precision"] = config["resolved_precision"]
     config.setdefault("world_size", 1)  # runs from before torchrun support had one process
     if config.get("phases"):
         config["trainable"] = ",".join(f"{mode}:{epochs}" for mode, epochs in config["phases"])

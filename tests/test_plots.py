@@ -443,6 +443,14 @@ def test_settings_added_later_take_their_defaults_and_phases_compare_as_trainabl
     assert plots.comparison_key(runs) == "trainable"  # phases and their per-phase milestones follow it
     assert plots.run_labels(runs) == ["trainable=all", "trainable=bn:2,all:8"]
     assert plots.plan_comparison_plots(runs, "trainable")[0]["filename"] == "all_vs_bn_2_all_8_loss.png"
+    # --precision auto is a request: what it resolved to is the run's precision
+    asked = make_run(tmp_path, "asked", precision="auto", resolved_precision="fp32")
+    pinned = make_run(tmp_path, "pinned", seed=1, precision="fp32", resolved_precision="fp32")
+    fast = make_run(tmp_path, "fast", seed=2, precision="auto", resolved_precision="bf16")
+    runs = [plots.read_run(str(folder)) for folder in (asked, pinned, fast)]
+    assert [len(group["runs"]) for group in plots.group_runs(runs)] == [2, 1]
+    assert plots.differing_settings([run["config"] for run in runs], plots.SEED_KEYS) == ["precision",
+                                                                                          "resolved_precision"]
 
 
 def test_plotting_and_sweeping_never_load_torch_or_the_trainer():
