@@ -1,7 +1,8 @@
 """Read run folders (config.json, history.csv, summary.json, checkpoint.pt) into plain dicts.
 
-plots.py and sweep_plots.py draw from these; bench.py and bench_audio.py read their timed runs' rows with them. Nothing here
-imports the trainer, so a run is read without torch (checkpoint.pt, for the γ pictures, loads it then).
+plots.py and sweep_plots.py draw from these; bench.py and bench_audio.py read their timed runs' rows with
+them. Nothing here imports the trainer, so a run is read without torch (checkpoint.pt, for the γ pictures,
+loads it then).
 A folder that cannot be read raises RunError, whose message reads '<what> in <path>; <how to fix>'.
 """
 
