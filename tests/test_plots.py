@@ -12,7 +12,8 @@ from matplotlib import colors
 from matplotlib import image as mpimg
 
 from conftest import run_main
-import run_reader  # conftest puts the repo on the path
+import run_groups  # conftest puts the repo on the path
+import run_reader
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -126,7 +127,7 @@ def test_comparison_plot_styles_and_labels(tmp_path):
     assert [(c["label"], c["color"], c["linestyle"]) for c in acc["lines"]] == [
         ("SGD train", "C0", "--"), ("SGD test", "C0", "-"),
         ("LBFGS train", "C1", "--"), ("LBFGS test", "C1", "-")]
-    assert plots.run_labels(runs) == ["optimizer=SGD", "optimizer=LBFGS"]
+    assert run_groups.run_labels(runs) == ["optimizer=SGD", "optimizer=LBFGS"]
 
 
 def test_runs_differing_in_two_settings_get_no_comparison(tmp_path):
@@ -138,7 +139,7 @@ def test_runs_differing_in_two_settings_get_no_comparison(tmp_path):
     assert not [name for name in written(out) if "_vs_" in name]
     assert "train_acc.png" in written(out)
     runs = [plots.read_run(str(sgd)), plots.read_run(str(lbfgs))]
-    assert plots.run_labels(runs) == ["trainable=bn, optimizer=SGD", "trainable=all, optimizer=LBFGS"]
+    assert run_groups.run_labels(runs) == ["trainable=bn, optimizer=SGD", "trainable=all, optimizer=LBFGS"]
 
 
 def test_optimizer_comparison_ignores_the_settings_that_follow_it(tmp_path):
@@ -278,7 +279,7 @@ def make_seed_runs(root):
 
 def test_three_seeds_form_one_group_with_mean_and_sample_std(tmp_path):
     runs = [plots.read_run(str(folder)) for folder in make_seed_runs(tmp_path)]
-    groups = plots.group_runs(runs)
+    groups = run_groups.group_runs(runs)
     assert [len(group["runs"]) for group in groups] == [3, 1]
     seeds = groups[0]
     assert seeds["name"] == "bn_s"  # the folder names' common start
@@ -287,8 +288,8 @@ def test_three_seeds_form_one_group_with_mean_and_sample_std(tmp_path):
     assert seeds["std"]["train_acc"] == [2.0, 2.0]  # sample std (ddof=1) of 70, 72, 74
     assert seeds["std"]["val_acc"][1] == pytest.approx(5.0)  # of 60, 65, 70
     assert groups[1]["history"] is runs[3]["history"] and groups[1]["std"] == {}
-    assert plots.group_labels(groups) == ["lr=0.1 (3 seeds)", "lr=0.05"]
-    assert plots.comparison_key(groups, plots.group_ignore(groups)) == "lr"
+    assert run_groups.group_labels(groups) == ["lr=0.1 (3 seeds)", "lr=0.05"]
+    assert plots.comparison_key(groups, run_groups.group_ignore(groups)) == "lr"
 
 
 def test_seed_group_is_drawn_as_mean_with_band(tmp_path):
@@ -428,28 +429,28 @@ def test_settings_added_later_take_their_defaults_and_phases_compare_as_trainabl
     new = make_run(tmp_path, "new", label_smoothing=0.0, warmup_epochs=0, bn_weight_decay=True, phases=None,
                    resolved_precision="fp32", lbfgs_line_search="strong_wolfe")
     configs = [run_reader.read_folder(str(folder))["config"] for folder in (old, new)]
-    assert plots.differing_settings(configs) == []
+    assert run_groups.differing_settings(configs) == []
     # The process count is a setting (with per-process BN and batch it changes the experiment):
     # 2 processes are not a seed of 1, and a run from before torchrun counts as 1 process.
     two = make_run(tmp_path, "two", seed=1, world_size=2, device="cuda", save_dir="runs/two")
     one = make_run(tmp_path, "one", world_size=1)
     runs = [plots.read_run(str(folder)) for folder in (old, one, two)]
-    assert [len(group["runs"]) for group in plots.group_runs(runs)] == [2, 1]
-    assert plots.differing_settings([run["config"] for run in runs], plots.SEED_KEYS) == ["world_size"]
+    assert [len(group["runs"]) for group in run_groups.group_runs(runs)] == [2, 1]
+    assert run_groups.differing_settings([run["config"] for run in runs], run_groups.SEED_KEYS) == ["world_size"]
     full = make_run(tmp_path, "full", trainable="all")
     phased = make_run(tmp_path, "phased", trainable="bn", milestones=None, phases=[["bn", 2], ["all", 8]])
     runs = [plots.read_run(str(folder)) for folder in (full, phased)]
     assert runs[1]["config"]["trainable"] == "bn:2,all:8"
     assert plots.comparison_key(runs) == "trainable"  # phases and their per-phase milestones follow it
-    assert plots.run_labels(runs) == ["trainable=all", "trainable=bn:2,all:8"]
+    assert run_groups.run_labels(runs) == ["trainable=all", "trainable=bn:2,all:8"]
     assert plots.plan_comparison_plots(runs, "trainable")[0]["filename"] == "all_vs_bn_2_all_8_loss.png"
     # --precision auto is a request: what it resolved to is the run's precision
     asked = make_run(tmp_path, "asked", precision="auto", resolved_precision="fp32")
     pinned = make_run(tmp_path, "pinned", seed=1, precision="fp32", resolved_precision="fp32")
     fast = make_run(tmp_path, "fast", seed=2, precision="auto", resolved_precision="bf16")
     runs = [plots.read_run(str(folder)) for folder in (asked, pinned, fast)]
-    assert [len(group["runs"]) for group in plots.group_runs(runs)] == [2, 1]
-    assert plots.differing_settings([run["config"] for run in runs], plots.SEED_KEYS) == ["precision",
+    assert [len(group["runs"]) for group in run_groups.group_runs(runs)] == [2, 1]
+    assert run_groups.differing_settings([run["config"] for run in runs], run_groups.SEED_KEYS) == ["precision",
                                                                                           "resolved_precision"]
 
 
@@ -459,7 +460,7 @@ def test_plotting_and_sweeping_never_load_torch_or_the_trainer():
     import subprocess
     import sys
 
-    code = ("import sys, plots, sweep, sweep_plots, run_reader; "
+    code = ("import sys, plots, sweep, sweep_plots, run_reader, run_groups; "
             "print(sorted(m for m in ('torch', 'engine', 'train', 'compute', 'resuming') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

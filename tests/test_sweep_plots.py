@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from test_plots import BASE_CONFIG, make_run, plots, write_history
+from test_plots import make_run, plots, write_history
 
 
 def make_sweep(root):
