@@ -450,8 +450,8 @@ def test_settings_added_later_take_their_defaults_and_phases_compare_as_trainabl
     fast = make_run(tmp_path, "fast", seed=2, precision="auto", resolved_precision="bf16")
     runs = [plots.read_run(str(folder)) for folder in (asked, pinned, fast)]
     assert [len(group["runs"]) for group in run_groups.group_runs(runs)] == [2, 1]
-    assert run_groups.differing_settings([run["config"] for run in runs], run_groups.SEED_KEYS) == ["precision",
-                                                                                          "resolved_precision"]
+    assert run_groups.differing_settings([run["config"] for run in runs], run_groups.SEED_KEYS) == [
+        "precision", "resolved_precision"]
 
 
 def test_plotting_and_sweeping_never_load_torch_or_the_trainer():
