@@ -12,11 +12,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import torch  # noqa: E402
 
-from config import ConfigError, OneLineParser, parse_args  # noqa: E402
-from engine import evaluate, evaluate_adapted  # noqa: E402
-from resuming import resume_config  # noqa: E402
-from runfiles import CheckpointError, checkpoint_path, load_checkpoint  # noqa: E402
-from train import build_experiment  # noqa: E402
+from bnonly.config import ConfigError, OneLineParser, parse_args  # noqa: E402
+from bnonly.training.engine import evaluate, evaluate_adapted  # noqa: E402
+from bnonly.training.resuming import resume_config  # noqa: E402
+from bnonly.runs.runfiles import CheckpointError, checkpoint_path, load_checkpoint  # noqa: E402
+from bnonly.training.trainer import build_experiment  # noqa: E402
 
 
 def adapted_row(folder: str) -> str:

@@ -11,7 +11,7 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import config  # noqa: E402  (after the path)
+from bnonly import config  # noqa: E402  (after the path)
 
 OUTPUT = os.path.join(REPO, "docs", "flags.md")
 HEADER = """# train.py flags

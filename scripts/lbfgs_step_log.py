@@ -26,8 +26,8 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import quasi_newton  # noqa: E402
-import train  # noqa: E402
+from bnonly.optim import quasi_newton  # noqa: E402
+from bnonly.training import trainer as train  # noqa: E402
 
 
 class RecordingObjective:

@@ -6,7 +6,7 @@ rounds (each a fresh train.py process, timed by bench.project_whole_run):
 import sys
 sys.path.insert(0, __import__("os").path.join(__import__("os").path.dirname(__file__), ".."))
 import torch
-import bench
+from bnonly.benchmarks import image_bench as bench
 device = torch.device("cpu")
 for round_ in range(2):
     for name, flags in (("sgd", ["--optimizer", "sgd"]), ("lbfgs default", ["--use-lbfgs", "true"])):

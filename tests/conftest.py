@@ -13,7 +13,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import train  # noqa: E402  (after the path)
+from bnonly.training import trainer as train  # noqa: E402  (after the path)
 
 # A tiny, fast synthetic run: ResNet-20, 256 training and 64 test images. TINY_AUTO leaves --precision at
 # auto, which depends on the machine's CPU (bf16 where it has AMX); TINY pins fp32, so tests

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-import analysis
+from bnonly.runs import analysis
 
 
 def history(train_acc, **columns):
@@ -109,14 +109,14 @@ def test_gamma_stats_threshold_and_no_batchnorm():
 def test_history_written_over_rows_of_two_generations_reads_back_with_compute_per_epoch(tmp_path):
     """A run resumed from a checkpoint older than the image counters: its first rows lack them. The file
     gets every column (blank where a row has none) and image-passes fall back to passes x batch there."""
-    from runfiles import write_history
+    from bnonly.runs.runfiles import write_history
     old = {"epoch": 1, "train_loss": 2.0, "train_acc": 10.0, "passes": 10}
     new = {**old, "epoch": 2, "images_forward_backward": 1000, "images_forward_only": 200}
     write_history(str(tmp_path / "history.csv"), [old, new])
     lines = (tmp_path / "history.csv").read_text().splitlines()
     assert lines == ["epoch,train_loss,train_acc,passes,images_forward_backward,images_forward_only",
                      "1,2.0,10.0,10,,", "2,2.0,10.0,10,1000,200"]
-    import run_reader
+    from bnonly.runs import run_reader
     history = analysis.add_compute_axes(run_reader.read_history(str(tmp_path / "history.csv")),
                                         {"optimizer": "sgd", "batch_size": 64})
     assert history["image_passes"] == [640.0, 640.0 + 1000 + analysis.FORWARD_ONLY_COST * 200]

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-import audio
-import data
-from config import parse_args
+from bnonly.data import audio
+from bnonly.data import datasets as data
+from bnonly.config import parse_args
 from conftest import REPO, TINY_AUTO, assert_one_line_error, read_csv, run_train, without_timings
-from data import load_dataset
-from resnet import build_model, count_parameters, freeze
+from bnonly.data.datasets import load_dataset
+from bnonly.models.resnet import build_model, count_parameters, freeze
 
 AUDIO = ["--dataset", "synthetic-audio", "--train-size", "192", "--test-size", "64", "-a", "resnet1d8", "--width", "1",
          "-b", "32", "--precision", "fp32", "--no-progress"]
@@ -255,8 +255,8 @@ def test_synthetic_audio_learns_and_the_defaults_follow_the_data(tmp_path):
 
 
 def test_adapted_bn_holds_the_splits_statistics_inside_and_restores_the_models_after():
-    from compute import Compute
-    from engine import adapted_bn
+    from bnonly.training.compute import Compute
+    from bnonly.training.engine import adapted_bn
 
     class Identity:
         def prepare(self, batch):

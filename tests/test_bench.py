@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-import bench
-import compute
+from bnonly.benchmarks import image_bench as bench
+from bnonly.training import compute
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-import bench_audio
+from bnonly.benchmarks import audio_bench as bench_audio
 from test_audio import make_speech_folder
 
 

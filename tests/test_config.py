@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from config import Config, ConfigError, parse_args, str2bool, to_dict
+from bnonly.config import Config, ConfigError, parse_args, str2bool, to_dict
 from conftest import TINY, assert_one_line_error, run_train
 
 
@@ -76,7 +76,7 @@ def test_config_file_unknown_key(tmp_path):
     (["--seed", "-1"], ["--seed"]),
 ])
 def test_bad_values_exit_2_with_one_line(args, words, tmp_path, capsys):
-    import train
+    from bnonly.training import trainer as train
     with pytest.raises(SystemExit) as exit_info:
         train.main([*args, "--save-dir", str(tmp_path / "run")])
     assert exit_info.value.code == 2
@@ -114,8 +114,8 @@ def test_help_lists_every_setting(capsys):
 @pytest.mark.parametrize("optimizer, lr", [("adam", 1e-3), ("adamw", 1e-3), ("rmsprop", 1e-2), ("adagrad", 1e-2),
                                            ("nadam", 2e-3), ("radam", 1e-3)])
 def test_adaptive_optimizers_get_their_default_lr_and_build(optimizer, lr):
-    from engine import build_optimizer
-    from resnet import build_model, freeze
+    from bnonly.optim.factories import build_optimizer
+    from bnonly.models.resnet import build_model, freeze
     cfg = parse_args(["--optimizer", optimizer])[0]
     assert cfg.lr == lr and cfg.bn_recalibrate == 0
     built = build_optimizer(cfg, freeze(build_model("resnet20"), "bn"))
@@ -124,8 +124,8 @@ def test_adaptive_optimizers_get_their_default_lr_and_build(optimizer, lr):
 
 
 def test_betas_eps_and_nesterov_reach_the_optimizer():
-    from engine import build_optimizer
-    from resnet import build_model, freeze
+    from bnonly.optim.factories import build_optimizer
+    from bnonly.models.resnet import build_model, freeze
     params = freeze(build_model("resnet20"), "bn")
     adam = build_optimizer(parse_args(["--optimizer", "adam", "--betas", "0.8,0.99", "--eps", "1e-6"])[0], params)
     assert adam.param_groups[0]["betas"] == (0.8, 0.99) and adam.param_groups[0]["eps"] == 1e-6
@@ -142,7 +142,7 @@ def test_betas_eps_and_nesterov_reach_the_optimizer():
     (["--momentum", "0", "--nesterov", "true"], "--nesterov needs"),
 ])
 def test_bad_optimizer_settings(args, words, capsys):
-    import train
+    from bnonly.training import trainer as train
     with pytest.raises(SystemExit) as exit_info:
         train.main(args)
     assert exit_info.value.code == 2
@@ -172,7 +172,7 @@ def test_lbfgs_variant_settings_that_do_not_fit_are_one_line_errors(flags, words
 
 
 def test_each_lbfgs_variant_fills_its_own_defaults_and_flags_override_them():
-    from config import DEFAULT_LBFGS_VARIANT, LBFGS_DEFAULTS
+    from bnonly.config import DEFAULT_LBFGS_VARIANT, LBFGS_DEFAULTS
     assert parse_args(["--use-lbfgs", "true"])[0].lbfgs_variant == DEFAULT_LBFGS_VARIANT
     for variant, defaults in LBFGS_DEFAULTS.items():
         cfg = parse_args(["--use-lbfgs", "true", "--lbfgs-variant", variant])[0]
@@ -182,7 +182,7 @@ def test_each_lbfgs_variant_fills_its_own_defaults_and_flags_override_them():
 
 
 def test_a_checkpoint_from_before_the_variants_resumes_as_torch():
-    from resuming import resume_config
+    from bnonly.training.resuming import resume_config
     old = to_dict(parse_args(["--use-lbfgs", "true", "--lbfgs-variant", "torch"])[0])
     del old["lbfgs_variant"], old["lbfgs_variance_scaling"], old["lbfgs_damping"], old["lbfgs_momentum"]
     cli, given = parse_args(["--resume", "x"])

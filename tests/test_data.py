@@ -7,10 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-import data
-import folder_cache
-from config import parse_args
-from data import DataError, augment, channel_stats, load_dataset, random_crop, random_flip, stratified_split
+from bnonly.data import datasets as data
+from bnonly.data import folder_cache
+from bnonly.config import parse_args
+from bnonly.data.datasets import (DataError, augment, channel_stats, load_dataset, random_crop, random_flip,
+                                  stratified_split)
 
 
 def make_image_folder(root, classes=("cat", "dog"), per_class=6, test=True, size=32):

@@ -13,13 +13,14 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from conftest import REPO, TINY, assert_one_line_error, read_csv, run_train, without_timings
-from config import parse_args
-from data import ImageInputs
-from distributed import (World, all_sum, average_bn_statistics, convert_sync_batchnorm, shard, stop,
-                         world_from_env, wrap)
-from compute import Compute
-from engine import build_optimizer, evaluate, train_one_epoch
-from resnet import build_model, freeze
+from bnonly.config import parse_args
+from bnonly.data.datasets import ImageInputs
+from bnonly.distributed import (World, all_sum, average_bn_statistics, convert_sync_batchnorm, shard, stop,
+                                world_from_env, wrap)
+from bnonly.training.compute import Compute
+from bnonly.optim.factories import build_optimizer
+from bnonly.training.engine import evaluate, train_one_epoch
+from bnonly.models.resnet import build_model, freeze
 
 SMALL = [*TINY, "-t", "bn", "--val-split", "64", "--epochs", "2"]
 

@@ -7,7 +7,7 @@ from conftest import REPO
 
 sys.path.insert(0, str(REPO / "scripts"))
 import flag_reference  # noqa: E402
-from config import build_parser  # noqa: E402
+from bnonly.config import build_parser  # noqa: E402
 
 
 def help_flags() -> set:

@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from conftest import REPO, TINY, read_csv, run_train, without_timings
-from compute import Compute
-from engine import build_optimizer, lbfgs_step
-from config import parse_args
-from resnet import build_model, freeze
-from runfiles import load_checkpoint
-from stopping import GracefulStop
+from bnonly.training.compute import Compute
+from bnonly.optim.factories import build_optimizer
+from bnonly.training.engine import lbfgs_step
+from bnonly.config import parse_args
+from bnonly.models.resnet import build_model, freeze
+from bnonly.runs.runfiles import load_checkpoint
+from bnonly.stopping import GracefulStop
 
 COMMON = [*TINY, "-t", "bn", "--lbfgs-batch-size", "64", "--lbfgs-max-iter", "2", "--epochs", "4"]
 

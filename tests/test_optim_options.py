@@ -7,13 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import engine
-from config import ConfigError, parse_args
-from data import ImageInputs
-from compute import Compute
-from engine import build_optimizer, lbfgs_chunks, lbfgs_step, sgd_step, train_one_epoch
-from resnet import build_model, freeze, select_parameters
-from train import setup_phase
+from bnonly.training import engine
+from bnonly.config import ConfigError, parse_args
+from bnonly.data.datasets import ImageInputs
+from bnonly.training.compute import Compute
+from bnonly.optim.factories import build_optimizer
+from bnonly.training.engine import lbfgs_chunks, lbfgs_step, sgd_step, train_one_epoch
+from bnonly.models.resnet import build_model, freeze, select_parameters
+from bnonly.training.trainer import setup_phase
 
 FP32 = Compute(torch.device("cpu"))
 
@@ -104,7 +105,7 @@ def test_chunked_loss_is_the_batch_mean_in_train_mode():
 
 
 def test_chunk_counts_are_equal_on_every_rank():
-    from distributed import World
+    from bnonly.distributed import World
     assert lbfgs_chunks(2048, World(), 0) == 1 and lbfgs_chunks(2048, World(), 512) == 4
     assert lbfgs_chunks(2001, World(0, 2), 1000) == lbfgs_chunks(2001, World(1, 2), 1000) == 1  # shards 1001/1000
     assert lbfgs_chunks(5, World(0, 4), 1) == 1  # never more pieces than the smallest shard has images

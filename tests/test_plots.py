@@ -1,7 +1,7 @@
 """Behaviour of plots.py: which files it writes, that they show the curves, seed groups, the
 --table text, phase marks, the --gamma pictures, and its errors."""
 
-import importlib.util
+import importlib
 import json
 import math
 from pathlib import Path
@@ -12,18 +12,15 @@ from matplotlib import colors
 from matplotlib import image as mpimg
 
 from conftest import run_main
-import run_groups  # conftest puts the repo on the path
-import run_reader
+from bnonly.runs import run_groups  # conftest puts the repo on the path
+from bnonly.runs import run_reader
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def load_plots():
-    """Import plots.py from the repo root without touching sys.path."""
-    spec = importlib.util.spec_from_file_location("plots", REPO / "plots.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The module behind plots.py (conftest puts the repo on the path)."""
+    return importlib.import_module("bnonly.runs.plotting")
 
 
 plots = load_plots()
@@ -460,8 +457,9 @@ def test_plotting_and_sweeping_never_load_torch_or_the_trainer():
     import subprocess
     import sys
 
-    code = ("import sys, plots, sweep, sweep_plots, run_reader, run_groups; "
-            "print(sorted(m for m in ('torch', 'engine', 'train', 'compute', 'resuming') if m in sys.modules))")
+    code = ("import sys, plots, sweep, bnonly.runs.sweep_plots, bnonly.runs.run_reader, bnonly.runs.run_groups; "
+            "print(sorted(m for m in ('torch', 'bnonly.training.engine', 'bnonly.training.trainer', "
+            "'bnonly.training.compute', 'bnonly.training.resuming') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

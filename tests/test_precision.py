@@ -7,14 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import compute
-import train
-from config import ConfigError, parse_args
-from data import ImageInputs
+from bnonly.training import compute
+from bnonly.training import trainer as train
+from bnonly.config import ConfigError, parse_args
+from bnonly.data.datasets import ImageInputs
 from conftest import TINY, TINY_AUTO, assert_one_line_error, read_csv, run_train
-from compute import Compute, resolve_precision
-from engine import sgd_step
-from resnet import build_model, freeze
+from bnonly.training.compute import Compute, resolve_precision
+from bnonly.training.engine import sgd_step
+from bnonly.models.resnet import build_model, freeze
 
 CPU = torch.device("cpu")
 
@@ -197,7 +197,7 @@ def test_bad_compile_mode_is_a_usage_error(tmp_path):
 
 
 def test_compile_mode_reaches_torch_compile(monkeypatch):
-    import train
+    from bnonly.training import trainer as train
     modes = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kwargs: modes.append(kwargs))
     cfg = parse_args([*TINY, "--compile", "true", "--compile-mode", "reduce-overhead"])[0]

@@ -7,13 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from batch_objective import BatchObjective, Piece, quasi_newton_step
-from config import parse_args
-from data import ImageInputs
-from compute import Compute
-from engine import build_optimizer
-from line_search import backtracking
-from quasi_newton import DAMPING, StochasticLBFGS, flat, two_loop
+from bnonly.optim.batch_objective import BatchObjective, Piece, quasi_newton_step
+from bnonly.config import parse_args
+from bnonly.data.datasets import ImageInputs
+from bnonly.training.compute import Compute
+from bnonly.optim.factories import build_optimizer
+from bnonly.optim.line_search import backtracking
+from bnonly.optim.quasi_newton import DAMPING, StochasticLBFGS, flat, two_loop
 
 CPU = Compute(torch.device("cpu"))
 PAIRS = ("same-batch", "overlap", "hvp")
@@ -197,7 +197,7 @@ def test_backtracking_halves_until_the_loss_falls_enough():
 
 
 def bn_model_and_objective(images, labels, optimizer_flags=()):
-    from resnet import build_model, freeze
+    from bnonly.models.resnet import build_model, freeze
     torch.manual_seed(0)
     model = build_model("resnet20").train()
     params = freeze(model, "bn")
@@ -253,8 +253,8 @@ def test_optimizer_state_round_trips_through_a_weights_only_checkpoint():
 def test_multibatch_epoch_shares_half_of_each_batch_with_the_next(monkeypatch):
     """In train_one_epoch, each multibatch step's head is exactly the previous step's tail (same augmented
     images), an epoch's first step has none, and the settings of the run reach the objective."""
-    import engine
-    from resnet import build_model, freeze
+    from bnonly.training import engine
+    from bnonly.models.resnet import build_model, freeze
     objectives = []
     real = engine.batch_objective
     monkeypatch.setattr(engine, "batch_objective", lambda *a, **k: objectives.append(real(*a, **k)) or objectives[-1])
@@ -289,8 +289,8 @@ def test_a_finite_loss_with_a_non_finite_gradient_takes_no_step_and_asks_for_a_r
 
 
 def test_history_mode_reset_empties_the_batch_variants_memory_before_every_batch():
-    import engine
-    from resnet import build_model, freeze
+    from bnonly.training import engine
+    from bnonly.models.resnet import build_model, freeze
     memories = []
     for mode in ("persist", "reset"):
         torch.manual_seed(0)

@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-import resnet
-from resnet import build_model, count_parameters, freeze, select_parameters
+import resnet as resnet_command  # the command at the root: python resnet.py
+from bnonly.models import resnet
+from bnonly.models.resnet import build_model, count_parameters, freeze, select_parameters
 
 CHANNELS_LAST = torch.channels_last
 
@@ -272,7 +273,7 @@ def test_resnet_py_prints_the_table():
 
 def test_any_depth_6n_plus_2_builds_and_others_are_refused():
     """The paper's deepest ResNet builds, with 2 x (16 + 2n (16 + 32 + 64)) BN gamma/beta for n blocks a stage."""
-    from config import arch_name
+    from bnonly.config import arch_name
     model = resnet.build_model("resnet866")
     n = (866 - 2) // 6
     assert count_parameters(model, "bn") == 2 * (16 + 2 * n * (16 + 32 + 64)) == 64_544
@@ -293,12 +294,12 @@ def test_any_depth_6n_plus_2_builds_and_others_are_refused():
 
 
 def test_resnet_py_prints_the_depths_it_is_given(capsys):
-    assert resnet.main(["14", "resnet218"]) == 0
+    assert resnet_command.main(["14", "resnet218"]) == 0
     rows = capsys.readouterr().out.splitlines()
     assert [row.split()[0] for row in rows] == ["arch", "resnet14", "resnet218"]
     assert rows[1].split()[3] == "928"  # BN gamma/beta of ResNet-14: 2 x (16 + 2 x 2 x 112)
-    assert resnet.main(["33"]) == 2
+    assert resnet_command.main(["33"]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "resnet33" in error[0] and "6n + 2" in error[0]
-    assert resnet.main(["--help"]) == 0
+    assert resnet_command.main(["--help"]) == 0
     assert capsys.readouterr().out.startswith("usage: python resnet.py [DEPTH | 1dDEPTH | resnetD | resnet1dD ...]")

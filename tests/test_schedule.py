@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import REPO, TINY, assert_one_line_error, read_csv, run_train, without_timings
-from config import ConfigError, parse_args, phase_at
-from engine import build_optimizer, build_scheduler, lr_factor
+from bnonly.config import ConfigError, parse_args, phase_at
+from bnonly.optim.factories import build_optimizer, build_scheduler, lr_factor
 
 
 def lrs(args, epochs=None):
@@ -119,7 +119,7 @@ def test_resume_across_phases_matches_the_uninterrupted_run(tmp_path, stop_epoch
 
 def test_a_checkpoint_from_before_lambdalr_resumes_at_its_position():
     """Checkpoints once held a MultiStepLR state; the LambdaLR now built loads its position from it."""
-    from resuming import scheduler_state
+    from bnonly.training.resuming import scheduler_state
     cfg = parse_args(["--epochs", "8", "--milestones", "3,6"])[0]
     old_optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     old = torch.optim.lr_scheduler.MultiStepLR(old_optimizer, milestones=[3, 6], gamma=0.1)

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-import config
-import sweep
+from bnonly import config
+from bnonly.sweeps import sweep
 from conftest import REPO, read_csv, run_main, without_timings
 
 TINY_BASE = {"dataset": "synthetic", "arch": "resnet20", "train_size": 64, "test_size": 32, "batch_size": 32,

@@ -5,8 +5,8 @@ import shutil
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import config
-import train
+from bnonly import config
+from bnonly.training import trainer as train
 from conftest import TINY, read_csv
 
 TRAIN_IMAGES = 256  # TINY's (--val-split holds out other images)

@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from conftest import REPO, TINY, assert_one_line_error, read_csv, run_train, without_timings
-from compute import Compute
-from engine import bn_buffers, build_optimizer, lbfgs_step, sgd_step
-from config import parse_args
-from data import ImageInputs
-from resnet import build_model, freeze
+from bnonly.training.compute import Compute
+from bnonly.optim.factories import build_optimizer
+from bnonly.training.engine import bn_buffers, lbfgs_step, sgd_step
+from bnonly.config import parse_args
+from bnonly.data.datasets import ImageInputs
+from bnonly.models.resnet import build_model, freeze
 
 FP32 = Compute(torch.device("cpu"))
 HISTORY_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
@@ -223,7 +224,7 @@ def test_missing_cuda_is_an_error(tmp_path):
 
 
 def test_bn_recalibration_is_the_plain_average_over_fixed_images():
-    from engine import recalibrate_bn
+    from bnonly.training.engine import recalibrate_bn
     torch.manual_seed(0)
     model = build_model("resnet20").train()
     images = torch.randint(0, 256, (100, 3, 32, 32), dtype=torch.uint8)
@@ -264,8 +265,8 @@ def test_random_control_trains_as_many_parameters_as_bn_and_resumes(tmp_path):
 
 
 def test_bn_init_choices_are_the_models():
-    from config import BN_INITS
-    import resnet
+    from bnonly.config import BN_INITS
+    from bnonly.models import resnet
     assert BN_INITS == resnet.BN_INITS
     for name in BN_INITS:
         assert parse_args(["--bn-init", name])[0].bn_init == name

@@ -1,4 +1,5 @@
-"""One epoch of training (SGD or L-BFGS), evaluation, and the optimizer and schedule factories."""
+"""One epoch of training (SGD or L-BFGS) and evaluation; the optimizer and schedule factories are in
+bnonly/optim/factories.py."""
 
 import contextlib
 import math
@@ -9,84 +10,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from batch_objective import (all_finite, batch_objective, bn_buffers, l2_penalty, lbfgs_chunks,
-                             quasi_newton_step, restore_bn_buffers, roll_back, snapshot)
-from compute import Compute
-from config import default_milestones
-from data import epoch_order, fixed_subset_index
-from distributed import World, all_sum, average_bn_statistics, shard
-from quasi_newton import StochasticLBFGS
-
-
-def build_optimizer(cfg, params: list, no_decay=()):
-    """torch.optim optimizer over the trainable parameters; None when nothing trains.
-
-    Parameters in `no_decay` (e.g. BatchNorm's with --bn-weight-decay false) get no weight decay; for
-    L-BFGS, whose decay is an L2 term in the loss (lbfgs_step), the caller leaves them out of that term.
-    """
-    if not params:
-        return None
-    if cfg.optimizer == "lbfgs" and cfg.lbfgs_variant != "torch":
-        pairs = {"batch": "same-batch", "multibatch": "overlap", "hvp": "hvp"}[cfg.lbfgs_variant]
-        return StochasticLBFGS(params, lr=cfg.lr, history_size=cfg.lbfgs_history, pairs=pairs,
-                               max_iter=cfg.lbfgs_max_iter, line_search=cfg.lbfgs_line_search,
-                               damping=cfg.lbfgs_damping, momentum=cfg.lbfgs_momentum,
-                               variance_scaling=cfg.lbfgs_variance_scaling)
-    if cfg.optimizer == "lbfgs":  # one parameter group: LBFGS allows no more
-        return torch.optim.LBFGS(params, lr=cfg.lr, max_iter=cfg.lbfgs_max_iter, max_eval=cfg.lbfgs_max_eval,
-                                 history_size=cfg.lbfgs_history,
-                                 line_search_fn=None if cfg.lbfgs_line_search == "none" else cfg.lbfgs_line_search)
-    decayed, undecayed = split_decay(params, no_decay)
-    groups = [g for g in ({"params": decayed}, {"params": undecayed, "weight_decay": 0.0}) if g["params"]]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                               nesterov=cfg.nesterov)
-    adaptive = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "rmsprop": torch.optim.RMSprop,
-                "adagrad": torch.optim.Adagrad, "nadam": torch.optim.NAdam, "radam": torch.optim.RAdam}
-    if cfg.optimizer not in adaptive:
-        raise ValueError(f"unknown optimizer: {cfg.optimizer}")
-    options = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}  # AdamW decouples it; the others add it to the gradient
-    if cfg.eps is not None:
-        options["eps"] = cfg.eps
-    if cfg.betas is not None:  # validate() allows it only for the Adam family
-        options["betas"] = tuple(cfg.betas)
-    return adaptive[cfg.optimizer](groups, **options)
-
-
-def split_decay(params: list, no_decay) -> tuple:
-    """(the parameters weight decay applies to, those in `no_decay`), each in the order of `params`."""
-    skip = {id(p) for p in no_decay}
-    return [p for p in params if id(p) not in skip], [p for p in params if id(p) in skip]
-
-
-def lr_factor(epoch: int, epochs: int, schedule: str, milestones, warmup: int = 0) -> float:
-    """The learning rate of 0-based `epoch` of `epochs`, as a fraction of --lr.
-
-    Warmup rises linearly, 1/(W+1), 2/(W+1), ..., over the first W epochs; then multistep multiplies by
-    0.1 at each milestone reached (absolute epochs, as MultiStepLR), cosine falls from 1 towards 0 over
-    the epochs after the warmup (as CosineAnnealingLR), constant stays at 1.
-    """
-    if epoch < warmup:
-        return (epoch + 1) / (warmup + 1)
-    if schedule == "multistep":
-        return 0.1 ** sum(epoch >= m for m in milestones)
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup) / max(epochs - warmup, 1)))
-    if schedule == "constant":
-        return 1.0
-    raise ValueError(f"unknown schedule: {schedule}")
-
-
-def build_scheduler(cfg, optimizer, epochs=None):
-    """Per-epoch learning-rate schedule over `epochs` (default: the run's; a phase passes its own length);
-    None when there is no optimizer."""
-    if optimizer is None:
-        return None
-    epochs = epochs or cfg.epochs
-    milestones = cfg.milestones if cfg.milestones is not None else default_milestones(epochs)
-    lr_factor(0, epochs, cfg.schedule, milestones, cfg.warmup_epochs)  # an unknown schedule fails here
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda epoch: lr_factor(epoch, epochs, cfg.schedule, milestones, cfg.warmup_epochs))
+from bnonly.optim.batch_objective import (all_finite, batch_objective, bn_buffers, l2_penalty, lbfgs_chunks,
+                                          quasi_newton_step, restore_bn_buffers, roll_back, snapshot)
+from bnonly.training.compute import Compute
+from bnonly.data.datasets import epoch_order, fixed_subset_index
+from bnonly.distributed import World, all_sum, average_bn_statistics, shard
+from bnonly.optim.factories import split_decay
 
 
 def lbfgs_step(model, optimizer, images, labels, weight_decay: float, compute: Compute, decayed=None,

@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 import torch
 
-from config import AUDIO_DATASETS, ConfigError
+from bnonly.config import AUDIO_DATASETS, ConfigError
 
 RUN_FILES = ("config.json", "history.csv", "checkpoint.pt", "summary.json")
 

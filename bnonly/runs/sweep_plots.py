@@ -9,8 +9,8 @@ Pure functions on runs as run_reader.read_run returns them ({'name', 'config', '
 
 import math
 
-import analysis
-from config import arch_depth
+from bnonly.runs import analysis
+from bnonly.config import arch_depth
 
 # axis -> (label, the settings it stands for: runs that differ only in them lie on one line)
 ACROSS = {"depth": ("depth (layers)", ("arch",)), "width": ("width (channels x K)", ("width",)),

@@ -7,8 +7,8 @@ the saved states, so on the CPU the result equals the uninterrupted run.
 
 import os
 
-from config import FIELDS, RUNTIME_SETTINGS, Config, ConfigError, resolve
-from runfiles import CheckpointError, checkpoint_path, set_rng_state
+from bnonly.config import FIELDS, RUNTIME_SETTINGS, Config, ConfigError, resolve
+from bnonly.runs.runfiles import CheckpointError, checkpoint_path, set_rng_state
 
 
 def resume_config(checkpoint: dict, cli: Config, given: set) -> Config:

@@ -9,7 +9,7 @@ Pure: no matplotlib, no torch, so plots.py and the tests use it alike.
 import json
 import re
 
-import analysis
+from bnonly.runs import analysis
 
 # Settings that say where or how a run was executed, not what was trained.
 BOOKKEEPING_KEYS = frozenset({

@@ -11,7 +11,7 @@ import os
 import numpy as np
 import torch
 
-from config import ConfigError
+from bnonly.config import ConfigError
 
 CACHE_VERSION = 3
 

@@ -27,7 +27,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from folder_cache import DataError, cache_file, read_cache, split_folders, write_cache
+from bnonly.data.folder_cache import DataError, cache_file, read_cache, split_folders, write_cache
 
 AUDIO_EXTENSIONS = (".wav",)
 LOG_FLOOR = 1e-10  # added to the mel energies before the logarithm (the top_db floor does the real work)

@@ -14,9 +14,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from distributed import World, all_sum_vector, shard
-from quasi_newton import flat
-from resnet import is_batchnorm
+from bnonly.distributed import World, all_sum_vector, shard
+from bnonly.optim.quasi_newton import flat
+from bnonly.models.resnet import is_batchnorm
 
 
 def bn_buffers(model) -> list:

@@ -36,7 +36,7 @@ import math
 
 import torch
 
-from line_search import backtracking
+from bnonly.optim.line_search import backtracking
 
 PAIR_SOURCES = ("same-batch", "overlap", "hvp")
 LINE_SEARCHES = ("armijo", "none")

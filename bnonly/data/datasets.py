@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-import audio
-from config import AUDIO_DATASETS
-from folder_cache import DataError, cache_file, read_cache, split_folders, write_cache
+from bnonly.data import audio
+from bnonly.config import AUDIO_DATASETS
+from bnonly.data.folder_cache import DataError, cache_file, read_cache, split_folders, write_cache
 
 SUBSET_SEED = 0  # fixed: --train-size/--test-size/--val-split pick the same images whatever --seed is
 # Per-channel mean and std (0-1 pixel scale) of the CIFAR training sets.

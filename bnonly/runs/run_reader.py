@@ -12,8 +12,8 @@ import json
 import math
 import os
 
-import analysis  # pure numbers: the compute axes of a history, γ statistics
-from config import IMAGE_DEFAULTS, LBFGS_DEFAULTS, Config  # the settings' defaults
+from bnonly.runs import analysis  # pure numbers: the compute axes of a history, γ statistics
+from bnonly.config import IMAGE_DEFAULTS, LBFGS_DEFAULTS, Config  # the settings' defaults
 
 # The trainer's defaults (config.py is plain Python: no torch, no trainer code).
 # (arch, width, epochs and batch size default per domain; runs from before the audio data were of images)

@@ -1,0 +1,1 @@
+"""The benchmarks behind bench.py and bench_audio.py (BENCHMARKS.md)."""
