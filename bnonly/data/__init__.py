@@ -1,0 +1,1 @@
+"""Data sources (CIFAR, image and audio folders, synthetic sets) and their input pipelines."""

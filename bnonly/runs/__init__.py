@@ -1,0 +1,1 @@
+"""Run folders: writing them, reading them back, seed groups, statistics and plots (no training code)."""
