@@ -1,49 +1,90 @@
-"""Parameter counts of the CIFAR ResNets and their 1-D analogues: total, BN gamma/beta, BN + fc and the
-random control's, as in Frankle et al.'s tables (the models are in bnonly/models/resnet.py).
+"""Parameter counts of the models: total, BN gamma/beta, BN + fc and the random control's, as in Frankle
+et al.'s tables. The CIFAR ResNets and their 1-D analogues are bnonly/models/resnet.py's; imagenet:resnetD
+and torchvision:NAME (bnonly/models/registry.py) count with ImageNet's 1,000 classes.
 
     python resnet.py                 # He et al.'s depths and the 1-D audio models
     python resnet.py 14 resnet866    # any depth 6n+2
+    python resnet.py torchvision:resnet50 imagenet:resnet200
 """
 
 import sys
 
 import torch
 
-from bnonly.models.resnet import (AUDIO_ARCHS, AUDIO_CHANNELS, DEPTHS, build_model, count_parameters, depth_of,
-                                  freeze, is_1d)
+from bnonly.models.freezing import count_parameters, freeze, untrainable
+from bnonly.models.registry import build_model
+from bnonly.models.resnet import AUDIO_ARCHS, AUDIO_CHANNELS, DEPTHS, depth_of, is_1d
+
+IMAGENET_CLASSES = 1000  # the classes of the imagenet: and torchvision: models' rows
+
+
+def build(arch: str) -> torch.nn.Module:
+    """The model of `arch`'s row, on the meta device (shapes only: no memory, no init cost) where its
+    constructor allows: 1-D ones at width 2 over AUDIO_CHANNELS mel bands (the audio default), prefixed
+    ones with 1,000 classes, CIFAR ones with 10."""
+    if is_1d(arch):
+        arguments = {"in_channels": AUDIO_CHANNELS, "width": 2}
+    else:
+        arguments = {"num_classes": IMAGENET_CLASSES} if ":" in arch else {}
+    try:
+        with torch.device("meta"):
+            return build_model(arch, **arguments)
+    except NotImplementedError:  # a constructor that reads tensor values (RegNet computes its widths): the CPU
+        return build_model(arch, **arguments)
+
+
+def depth_column(arch: str) -> str:
+    """D of resnetD, resnet1dD and imagenet:resnetD; '-' for torchvision's models."""
+    if arch.startswith("torchvision:"):
+        return "-"
+    return str(depth_of(arch)) if ":" not in arch else arch.rpartition("resnet")[2]
+
+
+def random_column(model: torch.nn.Module) -> str:
+    """Mode random's trainable count (2 per conv output channel); '-' for a model it cannot freeze."""
+    if untrainable(model, "random"):
+        return "-"
+    try:
+        freeze(model, "random")
+    except ValueError:  # a conv with fewer than 2 weights per output channel
+        return "-"
+    return f"{count_parameters(model, 'random'):,}"
 
 
 def parameter_table(archs=tuple(DEPTHS) + AUDIO_ARCHS) -> str:
     """One row per model: total, BN gamma/beta, BN + fc and random-mode parameter counts (10 classes; the
-    1-D models for AUDIO_CHANNELS mel bands and width 2, the audio default)."""
-    lines = [f"{'arch':<14} {'depth':>5} {'total':>12} {'bn':>8} {'bn+fc':>8} {'random':>8}"]
-    with torch.device("meta"):  # shapes only: no memory, no init cost
-        for arch in archs:
-            depth = depth_of(arch)
-            model = build_model(arch, in_channels=AUDIO_CHANNELS, width=2) if is_1d(arch) else build_model(arch)
-            freeze(model, "random")
-            lines.append(f"{arch + (' x2' if is_1d(arch) else ''):<14} {depth:>5} {count_parameters(model):>12,} "
-                         f"{count_parameters(model, 'bn'):>8,} {count_parameters(model, 'bn+fc'):>8,} "
-                         f"{count_parameters(model, 'random'):>8,}")
+    1-D models for AUDIO_CHANNELS mel bands and width 2, the audio default; imagenet:resnetD and
+    torchvision:NAME for 1,000 classes)."""
+    width = max(14, *(len(arch) + 3 for arch in archs))
+    lines = [f"{'arch':<{width}} {'depth':>5} {'total':>12} {'bn':>8} {'bn+fc':>9} {'random':>8}"]
+    for arch in archs:
+        model = build(arch)
+        counts = [count_parameters(model), count_parameters(model, "bn"), count_parameters(model, "bn+fc")]
+        lines.append(f"{arch + (' x2' if is_1d(arch) else ''):<{width}} {depth_column(arch):>5} "
+                     f"{counts[0]:>12,} {counts[1]:>8,} {counts[2]:>9,} {random_column(model):>8}")
     return "\n".join(lines)
 
 
 def main(argv) -> int:
-    """python resnet.py [DEPTH, resnetD or resnet1dD ...]: the table for those models (default: He et al.'s
-    depths and the 1-D audio models)."""
+    """python resnet.py [DEPTH, resnetD, resnet1dD, imagenet:resnetD or torchvision:NAME ...]: the table for
+    those models (default: He et al.'s depths and the 1-D audio models)."""
     if {"-h", "--help"} & set(argv):
-        print("usage: python resnet.py [DEPTH | 1dDEPTH | resnetD | resnet1dD ...]\n\nparameter counts (total, "
-              "BN, BN+fc, the random control's) of CIFAR ResNets of depth D = 6n + 2 (1-D ones at width 2 over "
-              f"{AUDIO_CHANNELS} mel bands); with no argument, He et al.'s depths and the 1-D audio models")
+        print("usage: python resnet.py [DEPTH | 1dDEPTH | resnetD | resnet1dD ...] [imagenet:resnetD ...] "
+              "[torchvision:NAME ...]\n\nparameter counts (total, BN, BN+fc, the random control's) of CIFAR ResNets of depth D = 6n + 2 "
+              f"(1-D ones at width 2 over {AUDIO_CHANNELS} mel bands), of the ImageNet ResNets imagenet:resnetD "
+              "(D = 18, 34, 50, 101, 152, 200) and of torchvision's classification models (those two with 1,000 "
+              "classes); with no argument, He et al.'s depths and the 1-D audio models")
         return 0
-    archs = [a if a.startswith("resnet") else f"resnet{a}" for a in argv]
+    archs = [a if a.startswith("resnet") or ":" in a else f"resnet{a}" for a in argv]
     try:
         for arch in archs:
-            depth_of(arch)
-    except ValueError as e:
+            if ":" not in arch:
+                depth_of(arch)
+        table = parameter_table(archs) if archs else parameter_table()
+    except ValueError as e:  # ModelError included: an unknown torchvision or ImageNet model
         print(f"resnet.py: error: {e}", file=sys.stderr)
         return 2
-    print(parameter_table(archs) if archs else parameter_table())
+    print(table)
     return 0
 
 

@@ -18,11 +18,18 @@ from typing import Optional
 
 ARCHS = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet1202")  # He et al.'s; any 6n+2 builds
 AUDIO_ARCHS = ("resnet1d20", "resnet1d32", "resnet1d56")  # their 1-D analogues over time; any 6n+2 builds
-DATASETS = ("cifar10", "cifar100", "imagefolder", "synthetic", "audiofolder", "synthetic-audio")
+IMAGENET_DEPTHS = (18, 34, 50, 101, 152, 200)  # imagenet:resnetD (LAYERS of bnonly/models/imagenet_resnet.py)
+DATASETS = ("cifar10", "cifar100", "imagefolder", "imagenet", "synthetic", "audiofolder", "synthetic-audio")
 AUDIO_DATASETS = ("audiofolder", "synthetic-audio")
+FOLDER_DATASETS = ("imagefolder", "imagenet", "audiofolder")  # read from DATA_DIR/train/<class>/
 # audio data's defaults where the flag is not given (docs/results.md: speech)
 IMAGE_DEFAULTS = {"arch": "resnet32", "width": 1, "epochs": 160, "batch_size": 128}
 AUDIO_DEFAULTS = {"arch": "resnet1d32", "width": 2, "epochs": 30, "batch_size": 64}
+# --dataset imagenet: the paper's framework's ImageNet recipe (OpenLTH; docs/usage.md says where this departs)
+IMAGENET_DEFAULTS = {"arch": "torchvision:resnet50", "width": 1, "epochs": 90, "batch_size": 256}
+IMAGENET_RECIPE = {"warmup_fraction": 5 / 90, "image_size": 224, "lr_per_1024": 0.4,  # lr for a global batch of 1024
+                   "milestone_fractions": (30 / 90, 60 / 90, 80 / 90)}  # x0.1 at epochs 30, 60 and 80 of 90
+STREAMED_DATASETS = ("imagenet",)  # never held in memory: no --bn-adapt, --bn-recalibrate over the whole split
 AUDIO_SETTINGS = ("sample_rate", "clip_seconds", "n_mels", "frame_ms", "hop_ms", "top_db", "time_shift_ms",
                   "time_mask", "freq_mask", "freq_warp", "group_regex")
 FSDD_GROUP_REGEX = r"^[^_]*_([^_]*)_"  # {digit}_{speaker}_{index}.wav: the speaker
@@ -83,12 +90,30 @@ def arch_depth(name) -> int:
     return depth if depth >= 8 and (depth - 2) % 6 == 0 else 0
 
 
+def imagenet_depth(name) -> int:
+    """The depth D of imagenet:resnetD when D is one of IMAGENET_DEPTHS; else 0."""
+    match = re.fullmatch(r"imagenet:resnet(\d+)", str(name))
+    return int(match[1]) if match and int(match[1]) in IMAGENET_DEPTHS else 0
+
+
 def arch_name(text) -> str:
-    """Check a model name: resnetD or resnet1dD with depth D = 6n + 2, n >= 1."""
-    if not arch_depth(text):
+    """Check a model name: resnetD or resnet1dD with depth D = 6n + 2, n >= 1; imagenet:resnetD with D in
+    IMAGENET_DEPTHS; torchvision:NAME, whose NAME is checked against torchvision's list when the model is
+    built (this module does not import torch)."""
+    text = str(text)
+    if text.startswith("imagenet:"):
+        if not imagenet_depth(text):
+            raise argparse.ArgumentTypeError(f"expected imagenet:resnetD with D one of "
+                                             f"{', '.join(map(str, IMAGENET_DEPTHS))}, got {text!r}")
+    elif text.startswith("torchvision:"):
+        if not re.fullmatch(r"torchvision:[A-Za-z]\w*", text):
+            raise argparse.ArgumentTypeError(f"expected torchvision:NAME with NAME a torchvision classification "
+                                             f"model such as resnet50 or vgg16_bn, got {text!r}")
+    elif not arch_depth(text):
         raise argparse.ArgumentTypeError(f"expected resnetD (images) or resnet1dD (audio) with depth D = 6n + 2 "
-                                         f"(resnet8, resnet14, resnet20, ..., resnet866), got {text!r}")
-    return str(text)
+                                         f"(resnet8, resnet14, resnet20, ..., resnet866), imagenet:resnetD or "
+                                         f"torchvision:NAME, got {text!r}")
+    return text
 
 
 def name_list(text) -> list:
@@ -170,12 +195,16 @@ class Config:  # in the order of SECTIONS
     arch: Optional[str] = field(default=None, metadata=_flag(
         "CIFAR ResNet resnetD of any depth D = 6n+2: He et al.'s " + ", ".join(ARCHS) + ", the BN-only paper's "
         "resnet14, resnet218, resnet434, resnet866, or any other; for audio data its 1-D analogue resnet1dD ("
-        + ", ".join(AUDIO_ARCHS) + ", ...) (default " + IMAGE_DEFAULTS["arch"] + "; " + AUDIO_DEFAULTS["arch"] +
-        " with audio data)",
-        "-a", type=arch_name, metavar="resnetD"))
+        + ", ".join(AUDIO_ARCHS) + ", ...); the paper's ImageNet ResNets imagenet:resnetD, D = " +
+        ", ".join(map(str, IMAGENET_DEPTHS)) + "; or torchvision:NAME, any classification model of "
+        "torchvision.models (torchvision:resnet50, torchvision:vgg16_bn, torchvision:mobilenet_v3_small, ...), "
+        "randomly initialised, BN gamma by --bn-init (default " + IMAGE_DEFAULTS["arch"] + "; " +
+        AUDIO_DEFAULTS["arch"] + " with audio data)",
+        "-a", type=arch_name, metavar="ARCH"))
     width: Optional[int] = field(default=None, metadata=_flag(
-        f"channel multiplier: stages have 16K/32K/64K channels (default {IMAGE_DEFAULTS['width']}; "
-        f"{AUDIO_DEFAULTS['width']} with audio data)", metavar="K"))
+        f"channel multiplier: the CIFAR ResNets' stages have 16K/32K/64K channels, imagenet:resnetD's "
+        f"64K/128K/256K/512K; not for torchvision:NAME, whose sizes are torchvision's (default "
+        f"{IMAGE_DEFAULTS['width']}; {AUDIO_DEFAULTS['width']} with audio data)", metavar="K"))
     trainable: str = field(default="all", metadata=_flag(
         "parameters to train: all | bn (BatchNorm gamma/beta only) | bn+fc | fc (final linear) | "
         "none (forward passes only: BN running statistics still update) | random (the paper's control: 2 "
@@ -186,8 +215,13 @@ class Config:  # in the order of SECTIONS
         "training); the optimizer and the schedule start afresh in each phase; --epochs is their sum",
         type=phase_list, metavar="MODE:EPOCHS,..."))
     bn_init: str = field(default="uniform", metadata=_flag(
-        "BatchNorm gamma init: uniform U[0,1), ones, normal N(0,1) or signed U[-1,1); beta = 0",
+        "BatchNorm gamma init: uniform U[0,1), ones, normal N(0,1) or signed U[-1,1); beta = 0 (for every "
+        "model, torchvision's too, after its own init)",
         choices=BN_INITS))
+    init_from: Optional[str] = field(default=None, metadata=_flag(
+        "start from the weights in FILE, loaded before freezing: a state dict (torchvision's or timm's .pth) or a "
+        "train.py checkpoint.pt; the final linear layer keeps its random init if its class count differs from "
+        "the data's; not read on --resume (the checkpoint's weights win)", metavar="FILE"))
     optimizer: str = field(default="sgd", metadata=_flag("torch.optim optimizer", choices=OPTIMIZERS))
     use_lbfgs: Optional[bool] = field(default=None, metadata=_flag(
         "true/false: shorthand for --optimizer lbfgs / sgd", type=str2bool, metavar="BOOL"))
@@ -221,8 +255,9 @@ class Config:  # in the order of SECTIONS
     milestones: Optional[list] = field(default=None, metadata=_flag(
         "multistep epochs, e.g. 80,120 (default: 50%% and 75%% of --epochs, or of each phase)", type=int_list,
         metavar="E1,E2"))
-    warmup_epochs: int = field(default=0, metadata=_flag(
-        "raise the learning rate linearly over this many first epochs (of each phase) before the schedule"))
+    warmup_epochs: Optional[int] = field(default=None, metadata=_flag(
+        "raise the learning rate linearly over this many first epochs (of each phase) before the schedule "
+        "(default 0; --dataset imagenet: 5/90 of the epochs, rounded)"))
     lbfgs_variant: Optional[str] = field(default=None, metadata=_flag(
         "L-BFGS algorithm: torch (torch.optim.LBFGS, strong-Wolfe search; its pairs mix two batches), batch "
         "(pairs within one batch, variance-scaled Armijo backtracking), multibatch (pairs from the half "
@@ -308,11 +343,18 @@ class Config:  # in the order of SECTIONS
     freq_warp: float = field(default=0.0, metadata=_flag(
         "audio augmentation: scale each training clip's frequency axis by a random factor within 1 ± this "
         "(vocal-tract-length perturbation, e.g. 0.1; 0: off)"))
-    image_size: int = field(default=32, metadata=_flag("imagefolder: images are resized to this square size"))
+    image_size: Optional[int] = field(default=None, metadata=_flag(
+        "imagefolder: images are resized to this square size (default 32); imagenet: the side of the training "
+        "crops and of the evaluation's centre crop (default 224)"))
+    streamed_crop: str = field(default="random-resized", metadata=_flag(
+        "imagenet: the training crop: random-resized (RandomResizedCrop, the ImageNet recipe; evaluation: "
+        "resize to 256/224 of --image-size, centre crop) or padded (the CIFAR recipe: the whole image resized, "
+        "zero-padded by 4, a random crop back; evaluation: the whole image resized)",
+        choices=("random-resized", "padded")))
     cache_dir: str = field(default=os.path.join("~", ".cache", "bn-only"), metadata=_flag(
         "imagefolder: where decoded images are cached"))
     workers: int = field(default=min(4, os.cpu_count() or 1), metadata=_flag(
-        "processes decoding imagefolder images", "-j"))
+        "processes decoding imagefolder images; imagenet: DataLoader worker processes per split", "-j"))
     device: str = field(default="auto", metadata=_flag(
         "auto | cpu | cuda | cuda:N | mps (auto: cuda, mps, cpu; under torchrun auto/cuda is cuda:LOCAL_RANK)"))
     sync_bn: bool = field(default=False, metadata=_flag(
@@ -483,7 +525,8 @@ def resolve(cfg: Config, given: set) -> Config:
         cfg.precision = "fp16"
     cfg.half = cfg.precision == "fp16"
     audio_data = cfg.dataset in AUDIO_DATASETS
-    for name, value in (AUDIO_DEFAULTS if audio_data else IMAGE_DEFAULTS).items():
+    defaults = AUDIO_DEFAULTS if audio_data else IMAGENET_DEFAULTS if cfg.dataset == "imagenet" else IMAGE_DEFAULTS
+    for name, value in defaults.items():
         if getattr(cfg, name) is None:
             setattr(cfg, name, value)
     misplaced = [] if audio_data or not domain_known(cfg, given) else \
@@ -492,6 +535,9 @@ def resolve(cfg: Config, given: set) -> Config:
         raise ConfigError(f"--{misplaced[0].replace('_', '-')} is a setting of audio data (--dataset "
                           f"{' or '.join(AUDIO_DATASETS)}), not of {cfg.dataset}")
     cfg.lbfgs_variant = cfg.lbfgs_variant or DEFAULT_LBFGS_VARIANT
+    if cfg.lr is None and cfg.dataset == "imagenet" and cfg.optimizer == "sgd":  # the recipe's linear scaling
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's; a resumed run keeps its saved lr
+        cfg.lr = IMAGENET_RECIPE["lr_per_1024"] * cfg.batch_size * world_size / 1024
     if cfg.lr is None:
         cfg.lr = LBFGS_LR.get(cfg.lbfgs_variant, DEFAULT_LR["lbfgs"]) if cfg.optimizer == "lbfgs" \
             else DEFAULT_LR[cfg.optimizer]
@@ -499,7 +545,7 @@ def resolve(cfg: Config, given: set) -> Config:
         if getattr(cfg, name) is None:
             setattr(cfg, name, value)
     if cfg.bn_recalibrate is None:
-        cfg.bn_recalibrate = DEFAULT_BN_RECALIBRATE.get(cfg.optimizer, 0)
+        cfg.bn_recalibrate = 0 if cfg.dataset in STREAMED_DATASETS else DEFAULT_BN_RECALIBRATE.get(cfg.optimizer, 0)
     if cfg.phases:
         total = sum(epochs for _, epochs in cfg.phases)
         if "trainable" in given and cfg.trainable != cfg.phases[0][0]:
@@ -511,10 +557,28 @@ def resolve(cfg: Config, given: set) -> Config:
             raise ConfigError("--milestones cannot be combined with --phases: each phase's multistep schedule "
                               "drops at 50 % and 75 % of its own epochs")
         cfg.epochs, cfg.trainable = total, cfg.phases[0][0]
-    elif cfg.milestones is None and cfg.schedule == "multistep":
+    if cfg.dataset == "imagenet":  # after the phases: its warm-up and milestones follow the epochs
+        imagenet_recipe(cfg)
+    if cfg.milestones is None and cfg.schedule == "multistep" and not cfg.phases:
         cfg.milestones = default_milestones(cfg.epochs)
+    cfg.image_size = 32 if cfg.image_size is None else cfg.image_size
+    cfg.warmup_epochs = 0 if cfg.warmup_epochs is None else cfg.warmup_epochs
     validate(cfg, given)
     return cfg
+
+
+def imagenet_recipe(cfg: Config) -> None:
+    """--dataset imagenet's defaults where the flag is not given (nor saved, on --resume): warm-up over 5/90
+    of the epochs (of the shortest phase with --phases; rounded, so none below 10), x0.1 at 1/3, 2/3 and
+    8/9 of them (5 and 30, 60, 80 of 90), lr 0.4 per 1,024 images of global batch (-b times the processes
+    under torchrun, from WORLD_SIZE), 224-pixel crops."""
+    if cfg.warmup_epochs is None:
+        shortest = min(epochs for _, epochs in cfg.phases) if cfg.phases else cfg.epochs
+        cfg.warmup_epochs = round(shortest * IMAGENET_RECIPE["warmup_fraction"])
+    if cfg.image_size is None:
+        cfg.image_size = IMAGENET_RECIPE["image_size"]
+    if cfg.milestones is None and cfg.schedule == "multistep" and not cfg.phases:
+        cfg.milestones = sorted({max(1, round(cfg.epochs * f)) for f in IMAGENET_RECIPE["milestone_fractions"]})
 
 
 def validate(cfg: Config, given=frozenset()) -> None:
@@ -528,6 +592,10 @@ def validate(cfg: Config, given=frozenset()) -> None:
         require(getattr(cfg, name) >= 1, f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
     require(cfg.lbfgs_max_eval is None or cfg.lbfgs_max_eval >= 1,
             f"--lbfgs-max-eval must be at least 1, got {cfg.lbfgs_max_eval}")
+    require("width" not in given or not cfg.arch.startswith("torchvision:"), f"--width does not apply to "
+            f"-a {cfg.arch}, whose sizes are torchvision's: drop --width (imagenet:resnetD takes one)")
+    require("init_from" not in given or cfg.init_from is None or os.path.isfile(os.path.expanduser(cfg.init_from)),
+            f"--init-from {cfg.init_from}: no such file")
     validate_lbfgs(cfg, require)
     validate_audio(cfg, require, given)
     require(cfg.lbfgs_chunk_size >= 0, f"--lbfgs-chunk-size must be 0 or more, got {cfg.lbfgs_chunk_size}")
@@ -541,6 +609,11 @@ def validate(cfg: Config, given=frozenset()) -> None:
     require(0 <= cfg.seed < 2**32, f"--seed must be between 0 and 2**32 - 1, got {cfg.seed}")
     require(cfg.val_split >= 0, f"--val-split must be 0 or more, got {cfg.val_split}")
     require(cfg.bn_recalibrate >= 0, f"--bn-recalibrate must be 0 or more, got {cfg.bn_recalibrate}")
+    streamed = cfg.dataset in STREAMED_DATASETS
+    require(not (streamed and cfg.bn_adapt), f"--bn-adapt needs a held-out split in memory; --dataset {cfg.dataset} "
+            f"streams its images from disk")
+    require(not (streamed and cfg.bn_recalibrate and "bn_recalibrate" in given), f"--bn-recalibrate needs the "
+            f"training images in memory; --dataset {cfg.dataset} streams them from disk (give --bn-recalibrate 0)")
     require(math.isfinite(cfg.checkpoint_minutes) and cfg.checkpoint_minutes >= 0,
             f"--checkpoint-minutes must be a finite number >= 0, got {cfg.checkpoint_minutes}")
     require(cfg.print_freq >= 0, f"--print-freq must be 0 or more, got {cfg.print_freq}")

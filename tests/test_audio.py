@@ -381,3 +381,17 @@ def test_wav_headers_out_of_range_are_errors_naming_the_file(tmp_path):
     empty = write_wav(tmp_path / "empty.wav", np.zeros(0))
     with pytest.raises(ValueError, match="empty.wav.*no audio"):
         audio.read_wav(str(empty))
+
+
+def test_one_class_or_other_test_classes_are_one_line_errors(tmp_path):
+    single = make_speech_folder(tmp_path / "single")
+    for path in (single / "train" / "1").iterdir():
+        path.unlink()
+    (single / "train" / "1").rmdir()
+    assert_one_line_error(run_train("--dataset", "audiofolder", "--data-dir", single, "--cache-dir", tmp_path / "c",
+                                    "--save-dir", tmp_path / "r1"), "one class folder", "at least two")
+    extra = make_speech_folder(tmp_path / "extra", test=True)
+    write_wav(extra / "test" / "7" / "7_ann_0.wav", tone(900, 0.3, 8000))
+    assert_one_line_error(run_train("--dataset", "audiofolder", "--data-dir", extra, "--cache-dir", tmp_path / "c",
+                                    "--save-dir", tmp_path / "r2"), "'7'", "only in", "test")
+    assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()

@@ -162,3 +162,23 @@ def test_cache_key_sees_new_folders_and_files_behind_links(tmp_path):
     keys.append(folder_cache.cache_key(folders, "size32"))  # an image added behind the link
     assert len(set(keys)) == 3
     assert folder_cache.cache_key(folders, "size32") == keys[-1] != folder_cache.cache_key(folders, "size64")
+
+
+def test_one_class_or_other_test_classes_are_one_line_errors_before_anything_is_written(tmp_path):
+    from conftest import assert_one_line_error, run_train
+    single = make_image_folder(tmp_path / "single", classes=("cat",))
+    extra = make_image_folder(tmp_path / "extra")
+    make_image_folder(tmp_path / "extra_test", classes=("emu",))
+    (extra / "test" / "emu").symlink_to(tmp_path / "extra_test" / "test" / "emu", target_is_directory=True)
+    fewer = make_image_folder(tmp_path / "fewer")
+    for path in (fewer / "test" / "dog").iterdir():
+        path.unlink()
+    (fewer / "test" / "dog").rmdir()
+    cases = ((single, ("one class folder", "at least two")), (extra, ("'emu'", "only in", "test")),
+             (fewer, ("'dog'", "missing from", "test")))
+    for root, words in cases:
+        out = tmp_path / f"run_{root.name}"
+        result = run_train("--dataset", "imagefolder", "--data-dir", root, "--cache-dir", tmp_path / "cache",
+                           "--epochs", "1", "--save-dir", out)
+        assert_one_line_error(result, str(root), *words)
+        assert not out.exists()

@@ -43,19 +43,11 @@ def wait_for(path, process, timeout=120, since=None):
     return True
 
 
-def reference_history(tmp_path, optimizer):
-    result = run_train(*COMMON, "--optimizer", optimizer, "--save-dir", tmp_path / "straight")
-    assert result.returncode == 0, result.stderr
-    return without_timings(read_csv(tmp_path / "straight" / "history.csv"))
-
-
-@pytest.mark.parametrize("optimizer", ["sgd", *(pytest.param(name, marks=pytest.mark.slow) for name in ("lbfgs", "adam"))])
-def test_sigkill_at_random_moments_then_resume_gives_the_same_history(tmp_path, optimizer):
-    expected = reference_history(tmp_path, optimizer)
-    folder = tmp_path / "killed"
-    rng = random.Random(optimizer)
+def kill_twice_then_finish(args, folder, rng) -> tuple:
+    """Start train.py with `args` (which save into `folder`), SIGKILL it at a random moment after each new
+    checkpoint, twice, resuming each time, and let the last attempt finish; returns (kills, how many of
+    them left a mid-epoch checkpoint)."""
     kills, mid_epoch = 0, 0
-    args = [*COMMON, "--optimizer", optimizer, "--checkpoint-minutes", "1e-9", "--save-dir", folder]
     while True:
         written = modified(folder / "checkpoint.pt")
         process = start_train(*args)
@@ -70,7 +62,21 @@ def test_sigkill_at_random_moments_then_resume_gives_the_same_history(tmp_path, 
             continue
         _, stderr = process.communicate(timeout=240)
         assert process.returncode == 0, stderr
-        break
+        return kills, mid_epoch
+
+
+def reference_history(tmp_path, optimizer):
+    result = run_train(*COMMON, "--optimizer", optimizer, "--save-dir", tmp_path / "straight")
+    assert result.returncode == 0, result.stderr
+    return without_timings(read_csv(tmp_path / "straight" / "history.csv"))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", *(pytest.param(name, marks=pytest.mark.slow) for name in ("lbfgs", "adam"))])
+def test_sigkill_at_random_moments_then_resume_gives_the_same_history(tmp_path, optimizer):
+    expected = reference_history(tmp_path, optimizer)
+    folder = tmp_path / "killed"
+    args = [*COMMON, "--optimizer", optimizer, "--checkpoint-minutes", "1e-9", "--save-dir", folder]
+    kills, mid_epoch = kill_twice_then_finish(args, folder, random.Random(optimizer))
     assert kills >= 2 and mid_epoch >= 1  # the test really interrupted the run, within epochs too
     assert without_timings(read_csv(folder / "history.csv")) == expected
 

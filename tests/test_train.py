@@ -18,8 +18,8 @@ from bnonly.data.datasets import ImageInputs
 from bnonly.models.resnet import build_model, freeze
 
 FP32 = Compute(torch.device("cpu"))
-HISTORY_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
-                   "epoch_seconds", "eval_seconds", "images_per_second", "passes", "rollbacks",
+HISTORY_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_acc5", "test_loss", "test_acc",
+                   "test_acc5", "epoch_seconds", "eval_seconds", "images_per_second", "passes", "rollbacks",
                    "images_forward_backward", "images_forward_only"]
 
 

@@ -27,7 +27,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from bnonly.data.folder_cache import DataError, cache_file, read_cache, split_folders, write_cache
+from bnonly.data.folder_cache import DataError, cache_file, class_folders, read_cache, split_folders, write_cache
 
 AUDIO_EXTENSIONS = (".wav",)
 LOG_FLOOR = 1e-10  # added to the mel energies before the logarithm (the top_db floor does the real work)
@@ -123,20 +123,14 @@ def load_audiofolder(data_dir: str, cache_dir: str, sample_rate: int, clip_sampl
     """DATA_DIR/train/<class>/*.wav (+ test/ or val/) -> (splits, classes, names), decoded once into a cache
     keyed by every file's path, size and modification time and by the rate and clip length."""
     folders = split_folders(data_dir, "audiofolder", "<files>.wav")
-    train_dir = folders["train"]
+    classes = class_folders(folders)  # two classes at least, the same in every split: checked before any cache hit
     settings = f"audio rate{sample_rate} samples{clip_samples} dc-removed"
     cache_path = cache_file(cache_dir, "audiofolder", folders, settings)
     cached = read_cache(cache_path)
     if cached is not None:
         return cached
-    classes = sorted(entry.name for entry in os.scandir(train_dir) if entry.is_dir())
-    if not classes:
-        raise DataError(f"no class folders in {train_dir}; put the recordings in DATA_DIR/train/<class>/")
     splits, names = {}, {}
     for split, folder in folders.items():
-        missing = [c for c in classes if not os.path.isdir(os.path.join(folder, c))]
-        if missing:
-            raise DataError(f"{folder} lacks the class folder {missing[0]!r} that train/ has")
         files = list_files(folder, classes)
         paths = [path for path, _, _ in files]
         chunks = [paths[i:i + 256] for i in range(0, len(paths), 256)]

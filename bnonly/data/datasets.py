@@ -1,20 +1,24 @@
 """Datasets as in-memory uint8 tensors, splits, normalisation and batched augmentation.
 
-Every split is a pair (images (N, 3, H, W) uint8, labels (N,) int64). Augmentation works on whole
-batches with torch ops and draws its randomness from an explicit torch.Generator, so a run is
-reproducible and can be resumed from the generator's saved state.
+Every in-memory split is a MemorySplit, a pair (images (N, 3, H, W) uint8, labels (N,) int64); a dataset
+too large for memory (--dataset imagenet) has streamed.StreamedSplit ones instead, which hand the trainer
+batches through the same `batches` method. Augmentation works on whole batches with torch ops and draws
+its randomness from an explicit torch.Generator, so a run is reproducible and can be resumed from the
+generator's saved state.
 """
 
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from bnonly.data import audio
 from bnonly.config import AUDIO_DATASETS
-from bnonly.data.folder_cache import DataError, cache_file, read_cache, split_folders, write_cache
+from bnonly.data import audio, streamed
+from bnonly.data.folder_cache import DataError, cache_file, class_folders, read_cache, split_folders, write_cache
+from bnonly.distributed import World, shard
 
 SUBSET_SEED = 0  # fixed: --train-size/--test-size/--val-split pick the same images whatever --seed is
 # Per-channel mean and std (0-1 pixel scale) of the CIFAR training sets.
@@ -24,9 +28,32 @@ CIFAR_STATS = {
 }
 
 
+class MemorySplit(NamedTuple):
+    """A split held in memory: (images (N, 3, H, W) uint8 or waves (N, L) int16, labels (N,) int64)."""
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def to(self, device) -> "MemorySplit":
+        return MemorySplit(self.images.to(device), self.labels.to(device))
+
+    def subset(self, index: torch.Tensor, train: bool = None) -> "MemorySplit":
+        return MemorySplit(self.images[index], self.labels[index])
+
+    def batches(self, index_batches: list, epoch: int, world: World = World()):
+        """For each batch of indices, the whole batch and this process's slice of it (the trainer augments
+        the whole batch, so that every rank draws the same random numbers, then keeps its slice)."""
+        for index in index_batches:
+            yield self.images[index], self.labels[index], shard(len(index), world)
+
+
+def as_split(split) -> "MemorySplit | streamed.StreamedSplit":
+    """A split as the trainer takes it: a plain (images, labels) pair becomes a MemorySplit."""
+    return MemorySplit(*split) if isinstance(split, tuple) and not isinstance(split, MemorySplit) else split
+
+
 @dataclass
 class Dataset:
-    splits: dict  # name ("train", "val", "test") -> (images uint8 (N,3,H,W), labels int64 (N,))
+    splits: dict  # name ("train", "val", "test") -> MemorySplit or streamed.StreamedSplit
     num_classes: int
     mean: tuple  # per channel, 0-1 pixel scale
     std: tuple
@@ -50,19 +77,24 @@ def load_dataset(cfg) -> Dataset:
         audio_features(cfg).check()
         splits, classes, names = audio.load_audiofolder(cfg.data_dir, cfg.cache_dir, cfg.sample_rate,
                                                         clip_samples(cfg), cfg.workers)
+    elif cfg.dataset == "imagenet":
+        splits, classes = load_imagenet(cfg)
     elif cfg.dataset == "synthetic-audio":
         audio_features(cfg).check()
         splits, classes, names = audio.synthetic_audio((cfg.train_size or 512) + cfg.val_split, cfg.test_size or 128,
                                                        cfg.sample_rate, clip_samples(cfg))
     else:
         raise ValueError(f"unknown dataset: {cfg.dataset}")
+    splits = {name: as_split(split) for name, split in splits.items()}
     hold_out_validation(cfg, splits, names.get("train"))
     generated = cfg.dataset == "synthetic-audio"  # made at its sizes, the --val-groups taken out of train
     for name, size in (("train", cfg.train_size), ("test", cfg.test_size)):
         if size is not None and name in splits and not generated:
-            splits[name] = subset(*splits[name], size, name)
+            splits[name] = subset(splits[name], size, name)
     if cfg.dataset in CIFAR_STATS:
         mean, std = CIFAR_STATS[cfg.dataset]
+    elif cfg.dataset == "imagenet":  # the decoded set is never in memory to measure: ImageNet's own
+        mean, std = streamed.IMAGENET_MEAN, streamed.IMAGENET_STD
     elif is_audio(cfg):
         mean, std = audio.feature_stats(splits["train"][0], audio_features(cfg))
     else:
@@ -71,8 +103,9 @@ def load_dataset(cfg) -> Dataset:
 
 
 def hold_out_validation(cfg, splits: dict, train_names) -> None:
-    """Move --val-split training items (stratified) or those of the --val-groups into splits["val"]."""
-    train_images, train_labels = splits["train"]
+    """Move --val-split training items (stratified) or those of the --val-groups into splits["val"] (for
+    streamed images an evaluation split: centre crops, no augmentation)."""
+    train_labels = splits["train"].labels
     if cfg.val_groups:
         if train_names is None:
             raise DataError(f"--val-groups needs file names, which --dataset {cfg.dataset} does not have")
@@ -83,8 +116,8 @@ def hold_out_validation(cfg, splits: dict, train_names) -> None:
         train_index, val_index = stratified_split(train_labels, cfg.val_split, SUBSET_SEED)
     else:
         return
-    splits["val"] = (train_images[val_index], train_labels[val_index])
-    splits["train"] = (train_images[train_index], train_labels[train_index])
+    splits["val"] = splits["train"].subset(val_index, train=False)
+    splits["train"] = splits["train"].subset(train_index)
 
 
 def is_audio(cfg) -> bool:
@@ -100,7 +133,10 @@ def audio_features(cfg) -> audio.Features:
 
 
 def input_pipeline(cfg, normalization: dict, device):
-    """What turns a batch of a split into model input: ImageInputs, or audio.AudioInputs for audio data."""
+    """What turns a batch of a split into model input: ImageInputs, streamed.StreamedInputs for images
+    augmented in the loader's workers, or audio.AudioInputs for audio data."""
+    if cfg.dataset == "imagenet":
+        return streamed.StreamedInputs(normalization["mean"], normalization["std"], device)
     if is_audio(cfg):
         augmentation = audio.Augmentation(cfg.time_shift_ms, cfg.time_mask, cfg.freq_mask, cfg.freq_warp)
         return audio.AudioInputs(audio_features(cfg), augmentation, normalization["mean"], normalization["std"],
@@ -162,6 +198,15 @@ def synthetic_splits(train_n: int, test_n: int, num_classes: int = 10):
     return {"train": make(train_n, 1), "test": make(test_n, 2)}
 
 
+def load_imagenet(cfg) -> tuple:
+    """DATA_DIR/train/<class>/*.JPEG (+ val/ as the test split) as streamed splits: file lists only."""
+    lists, classes = streamed.load_image_folders(cfg.data_dir)
+    splits = {name: streamed.StreamedSplit(streamed.StreamedFolder(paths, labels, cfg.image_size, name == "train",
+                                                                   cfg.seed, crop=cfg.streamed_crop), cfg.workers)
+              for name, (paths, labels) in lists.items()}
+    return splits, classes
+
+
 # ---------------------------------------------------------------- imagefolder with a decoded cache
 
 def load_imagefolder(data_dir: str, cache_dir: str, image_size: int, workers: int):
@@ -172,6 +217,7 @@ def load_imagefolder(data_dir: str, cache_dir: str, image_size: int, workers: in
     """
     folders = split_folders(data_dir, "imagefolder", "<images>")
     train_dir = folders["train"]
+    class_folders(folders)  # two classes at least, the same in every split: checked before any cache hit
     cache_path = cache_file(cache_dir, "imagefolder", folders, f"size{image_size}")
     cached = read_cache(cache_path)
     if cached is not None:
@@ -226,12 +272,11 @@ def decode_image(path: str, image_size: int) -> np.ndarray:
 
 # ---------------------------------------------------------------- subsets and statistics
 
-def subset(images, labels, size: int, name: str):
+def subset(split, size: int, name: str):
     """The first `size` items of a fixed seeded permutation."""
-    if size > len(labels):
-        raise DataError(f"--{name}-size {size} is larger than the {len(labels)} {name} images available")
-    index = fixed_subset_index(len(labels), size)
-    return images[index], labels[index]
+    if size > len(split.labels):
+        raise DataError(f"--{name}-size {size} is larger than the {len(split.labels)} {name} images available")
+    return split.subset(fixed_subset_index(len(split.labels), size))
 
 
 def fixed_subset_index(n: int, count: int) -> torch.Tensor:

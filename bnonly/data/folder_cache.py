@@ -21,17 +21,35 @@ class DataError(ConfigError):
 
 
 def split_folders(data_dir: str, dataset: str, files: str) -> dict:
-    """{"train": DATA_DIR/train, "test": DATA_DIR/test, or DATA_DIR/val, when there is one}; DataError naming
-    the layout (`files`: what the class folders hold) when train/ is missing."""
+    """{"train": DATA_DIR/train, "test": DATA_DIR/test or DATA_DIR/val when there is one (imagenet: val/
+    first)}; DataError naming the layout (`files`: what the class folders hold) when train/ is missing."""
     root = os.path.expanduser(data_dir)
     folders = {"train": os.path.join(root, "train")}
     if not os.path.isdir(folders["train"]):
         raise DataError(f"no folder {folders['train']}; --dataset {dataset} needs DATA_DIR/train/<class>/{files}")
-    for name in ("test", "val"):
+    for name in ("val", "test") if dataset == "imagenet" else ("test", "val"):  # ILSVRC's test/ has no labels
         if os.path.isdir(os.path.join(root, name)):
             folders["test"] = os.path.join(root, name)
             break
     return folders
+
+
+def class_folders(folders: dict) -> list:
+    """The class names (sorted folder names) of the training split; DataError when it has fewer than two or
+    when another split's class folders differ from them (a class missing, or one more)."""
+    listing = {name: sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
+               for name, folder in folders.items()}
+    classes = listing["train"]
+    if len(classes) < 2:
+        raise DataError(f"{folders['train']} has {'one class folder' if classes else 'no class folders'}: a "
+                        f"classifier needs at least two (DATA_DIR/train/<class>/)")
+    for name, found in listing.items():
+        if found != classes:
+            odd = sorted(set(found) ^ set(classes))[0]
+            where = "only in" if odd in found else "missing from"
+            raise DataError(f"class folder {odd!r} is {where} {folders[name]}: every split needs the class "
+                            f"folders of {folders['train']}")
+    return classes
 
 
 def cache_key(folders: dict, settings: str) -> str:

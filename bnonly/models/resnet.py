@@ -1,4 +1,4 @@
-"""CIFAR ResNets (He et al. 2016, section 4.2) with the option-A shortcut, and parameter freezing.
+"""CIFAR ResNets (He et al. 2016, section 4.2) with the option-A shortcut, and their BatchNorm init.
 
 Depth = 6n + 2: a 3x3 conv (16 channels) + BN + ReLU, three stages of n BasicBlocks with 16, 32 and 64
 channels (times `width`; stride 2 entering stages 2 and 3), global average pooling and a linear layer.
@@ -8,10 +8,9 @@ The downsampling shortcut has no parameters: it subsamples with stride 2 and zer
 (`bn_init`, one of BN_INITS) is U[0,1) ("uniform", as in Frankle et al. 2020), 1 ("ones"), N(0,1) ("normal") or U[-1,1) ("signed");
 beta is always 0.
 
-Freezing (`freeze(model, mode, seed)`, one of TRAINABLE_MODES) leaves trainable only the parameters of
-"all", "bn" (BN gamma/beta), "bn+fc", "fc" or "none". "random" is the paper's control: it trains as many
-randomly chosen conv weights as BN has gamma/beta, 2 per conv output channel (every conv is followed by
-a BN of as many channels), and freezes everything else, BN and the linear layer included.
+Freezing (`freeze(model, mode, seed)`, one of TRAINABLE_MODES) is bnonly/models/freezing.py's, shared by
+every family and imported back here. In these ResNets mode "random" trains exactly as many conv weights
+as BN has gamma/beta, since every conv is followed by a BN of as many channels.
 
 Run `python resnet.py` for the parameter counts of the classic depths, `python resnet.py 14 218 866` for
 any others.
@@ -20,16 +19,17 @@ any others.
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.utils import parametrize
 
 from bnonly.config import arch_depth
+# freezing moved to freezing.py; its names stay importable from here (from bnonly.models.resnet import freeze)
+from bnonly.models.freezing import (  # noqa: F401
+    RANDOM_PER_CHANNEL, TRAINABLE_MODES, ChosenEntries, choose_conv_entries, count_parameters, draw_positions, freeze,
+    is_batchnorm, select_parameters, trains, unravel)
 
 AUDIO_ARCHS = ("resnet1d20", "resnet1d32", "resnet1d56")
 DEPTHS = {"resnet20": 20, "resnet32": 32, "resnet44": 44, "resnet56": 56, "resnet110": 110, "resnet1202": 1202}  # He et al.'s
 PAPER_DEPTHS = (14, 32, 56, 110, 218, 434, 866)  # Frankle et al.'s BN-only depths
-TRAINABLE_MODES = ("all", "bn", "bn+fc", "fc", "none", "random")
 BN_INITS = ("uniform", "ones", "normal", "signed")
-RANDOM_PER_CHANNEL = 2  # conv weights trained per output channel in mode "random": as many as BN's gamma and beta
 
 
 CONV = {1: nn.Conv1d, 2: nn.Conv2d}  # by the number of spatial dimensions: time, or height and width
@@ -110,6 +110,17 @@ def init_weights(model: nn.Module, bn_init: str = "uniform") -> None:
             nn.init.zeros_(m.bias)
 
 
+def init_batchnorm(model: nn.Module, bn_init: str = "uniform") -> None:
+    """Every BatchNorm's gamma by `bn_init` (one of BN_INITS) and beta 0, whatever the model's own init did;
+    a BatchNorm without affine parameters has none to set."""
+    if bn_init not in BN_INITS:
+        raise ValueError(f"unknown bn_init: {bn_init}")
+    for m in model.modules():
+        if is_batchnorm(m) and m.affine:
+            init_gamma(m.weight, bn_init)
+            nn.init.zeros_(m.bias)
+
+
 def init_gamma(gamma: torch.Tensor, bn_init: str) -> None:
     """Fill BN gamma in place: U[0,1), 1, N(0,1) or U[-1,1)."""
     if bn_init == "uniform":
@@ -157,102 +168,3 @@ def build_model(arch: str, num_classes: int = 10, width: int = 1, bn_init: str =
                 in_channels: int = 3) -> ResNet:
     """The ResNet named `arch`: 'resnetD' for any depth D = 6n + 2, 'resnet1dD' for its 1-D analogue."""
     return ResNet((depth_of(arch) - 2) // 6, num_classes, width, bn_init, in_channels, 1 if is_1d(arch) else 2)
-
-
-def is_batchnorm(module: nn.Module) -> bool:
-    return isinstance(module, nn.modules.batchnorm._BatchNorm)
-
-
-class ChosenEntries(nn.Module):
-    """Parametrization of a frozen weight in which only the entries at `index` train.
-
-    `index` (long, (k,)) holds flat positions in the weight's logical NCHW order, whatever its memory
-    format; `values` ((k,)) holds the trainable entries there. The weight it returns keeps the original's
-    memory format, so a channels-last conv stays channels-last.
-    """
-
-    def __init__(self, weight: torch.Tensor, index: torch.Tensor):
-        super().__init__()
-        self.register_buffer("index", index.to(weight.device))
-        self.values = nn.Parameter(weight.detach().flatten()[self.index].clone())
-
-    def forward(self, weight):
-        # out-of-place index_put: a copy of the frozen weight (same strides), differentiable w.r.t. values
-        return weight.index_put(unravel(self.index, weight.shape), self.values)
-
-
-def unravel(flat: torch.Tensor, shape) -> tuple:
-    """Flat row-major positions -> one index tensor per dimension (torch.unravel_index needs torch >= 2.2)."""
-    coordinates = []
-    for size in reversed(shape):
-        coordinates.append(flat % size)
-        flat = flat // size
-    return tuple(reversed(coordinates))
-
-
-def draw_positions(out_channels: int, fan_in: int, per_channel: int, generator: torch.Generator) -> torch.Tensor:
-    """Flat NCHW positions of `per_channel` distinct weights in each output channel, sorted; (out * per,)."""
-    if per_channel > fan_in:
-        raise ValueError(f"cannot choose {per_channel} of {fan_in} weights per output channel")
-    scores = torch.rand(out_channels, fan_in, generator=generator, device="cpu")  # CPU: same draw on any device
-    columns = scores.topk(per_channel, dim=1).indices.sort(dim=1).values  # a uniform random subset per row
-    return (torch.arange(out_channels, device="cpu").unsqueeze(1) * fan_in + columns).flatten()
-
-
-def choose_conv_entries(model: nn.Module, per_channel: int = RANDOM_PER_CHANNEL, seed: int = 0) -> None:
-    """Parametrize every conv weight so that only `per_channel` random entries per output channel train."""
-    generator = torch.Generator().manual_seed(seed)
-    convs = [m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d))]  # listed first: registering adds modules
-    for conv in convs:
-        if parametrize.is_parametrized(conv, "weight"):
-            raise ValueError("the conv weights already have chosen entries: build a fresh model")
-        out_channels = conv.weight.shape[0]
-        index = draw_positions(out_channels, conv.weight[0].numel(), per_channel, generator)
-        parametrize.register_parametrization(conv, "weight", ChosenEntries(conv.weight, index))
-
-
-def trains(module: nn.Module, mode: str) -> bool:
-    """Whether `mode` trains `module`'s own parameters (not those of its children)."""
-    if isinstance(module, ChosenEntries):
-        return mode == "random"  # `values` copy entries of a conv weight, which "all" already counts
-    if mode == "all":
-        return True
-    if is_batchnorm(module):
-        return mode in ("bn", "bn+fc")
-    if isinstance(module, nn.Linear):
-        return mode in ("fc", "bn+fc")
-    return False
-
-
-def select_parameters(model: nn.Module, mode: str) -> list:
-    """The parameters that `mode` trains, chosen by module type, in model order.
-
-    Mode "random" needs the conv entries chosen first (`freeze(model, "random", seed)` does it).
-    """
-    if mode not in TRAINABLE_MODES:
-        raise ValueError(f"unknown trainable mode: {mode}")
-    chosen = [p for module in model.modules() if trains(module, mode) for p in module.parameters(recurse=False)]
-    if mode == "random" and not chosen:
-        raise ValueError("mode random: call freeze(model, 'random', seed) first to choose the conv entries")
-    return chosen
-
-
-def freeze(model: nn.Module, mode: str, seed: int = 0) -> list:
-    """Set requires_grad so that only `mode`'s parameters train; returns them.
-
-    Mode "random" first parametrizes the conv weights (`choose_conv_entries`, positions drawn from `seed`;
-    the other modes ignore it). The frozen entries then stay bit-identical whatever the optimizer does,
-    weight decay and momentum included, since only `values` reach it.
-    BatchNorm running statistics are buffers, not parameters: they keep updating in train mode.
-    """
-    if mode == "random":
-        choose_conv_entries(model, RANDOM_PER_CHANNEL, seed)
-    chosen = {id(p) for p in select_parameters(model, mode)}
-    for p in model.parameters():
-        p.requires_grad_(id(p) in chosen)
-    return [p for p in model.parameters() if p.requires_grad]
-
-
-def count_parameters(model: nn.Module, mode: str = "all") -> int:
-    """How many scalars `mode` trains ("all": the model's own size, chosen entries not counted twice)."""
-    return sum(p.numel() for p in select_parameters(model, mode))

@@ -118,6 +118,7 @@ def run_metrics(history, split):
     statistics (None where a column is missing)."""
     held_out = history.get(f"{split}_acc") if split else None
     adapted = history.get(f"{split}_adapted_acc") if split else None
+    top5 = history.get(f"{split}_acc5") if split else None
     passes = history.get("passes")
     spent = history.get("image_passes")
     return {
@@ -129,6 +130,7 @@ def run_metrics(history, split):
         "image_passes": spent[-1] / 1e6 if spent else None,
         "final_adapted_acc": adapted[-1] if adapted else None,
         "best_adapted_acc": finite_max(adapted) if adapted else None,
+        "final_acc5": top5[-1] if top5 else None,
     }
 
 
@@ -152,7 +154,7 @@ def group_cells(label, histories):
     metrics = [run_metrics(truncate(history, length), split) for history in histories]
     decimals = {"final_acc": ACC_DECIMALS, "best_acc": ACC_DECIMALS, "final_train_acc": ACC_DECIMALS,
                 "final_train_loss": LOSS_DECIMALS, "passes": PASSES_DECIMALS, "image_passes": IMAGE_PASSES_DECIMALS,
-                "final_adapted_acc": ACC_DECIMALS, "best_adapted_acc": ACC_DECIMALS}
+                "final_adapted_acc": ACC_DECIMALS, "best_adapted_acc": ACC_DECIMALS, "final_acc5": ACC_DECIMALS}
     cells = [label.replace("|", "\\|"), str(len(histories)), str(length)]
     cells += [format_mean_std([each[key] for each in metrics], places) for key, places in decimals.items()]
     return cells, split
@@ -164,9 +166,11 @@ def markdown_table(groups):
     Columns: label, n, epochs, final and best val accuracy (test when a group has no val),
     final train accuracy, final train loss, total passes and image-passes (millions, see add_compute_axes)
     per run, each as mean ± std; then, when any run has them, the final and best held-out accuracy with
-    --bn-adapt's statistics.
+    --bn-adapt's statistics; last, when any run has it, the final held-out top-5 accuracy.
     """
     rows, splits = zip(*(group_cells(label, histories) for label, histories in groups))
+    top5 = [row[-1] for row in rows]
+    rows = [row[:-1] for row in rows]
     held_out = f"{splits[0]}_acc" if len(set(splits)) == 1 and splits[0] else "held-out acc"
     if held_out == "held-out acc":  # mixed: say per cell which split it is
         rows = [row[:3] + [f"{cell} ({split})" if split else cell for cell in row[3:5]] + row[5:-2]
@@ -179,6 +183,9 @@ def markdown_table(groups):
         header += [f"final {adapted}", f"best {adapted}"]
     else:
         rows = [row[:-2] for row in rows]
+    if any(cell != MISSING for cell in top5):  # runs made before top-5 was recorded have none
+        header.append(f"final {held_out.replace('_acc', '')} top-5" if held_out.endswith("_acc") else "top-5")
+        rows = [row + [cell] for row, cell in zip(rows, top5)]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)

@@ -54,8 +54,8 @@ from bnonly.runs.run_groups import (  # noqa: E402  (seed groups and legend labe
     leading_settings, results_table, run_labels, settings, shared_title, unique_prefixes)
 
 SPLITS = ("train", "val", "test")
-METRIC_LABELS = {"loss": "loss", "acc": "accuracy (%)"}
-METRIC_WORDS = {"loss": "loss", "acc": "accuracy"}
+METRIC_LABELS = {"loss": "loss", "acc": "accuracy (%)", "acc5": "top-5 accuracy (%)"}  # acc5: held-out splits only
+METRIC_WORDS = {"loss": "loss", "acc": "accuracy", "acc5": "top-5 accuracy"}
 FIGURE_SIZE = (7, 4.5)  # inches
 FIGURE_DPI = 110
 HISTOGRAM_BINS = 40  # bars per γ or β histogram
@@ -87,6 +87,8 @@ def plan_run_plots(run, prefix):
     for metric, ylabel in METRIC_LABELS.items():
         columns = [f"{split}_{metric}" for split in SPLITS]
         present = [column for column in columns if column in run["history"]]
+        if not present:  # top-5: runs recorded before it, or with no held-out split
+            continue
         lines = [line(run, column, column.split("_")[0], color_of(index))
                  for index, column in enumerate(present)]
         plots.append({"filename": f"{prefix}_{metric}.png", "title": title,
@@ -137,6 +139,8 @@ def plan_comparison_plots(runs, key):
     phases = analysis.phase_marks([run["history"] for run in runs])
     plots = []
     for metric, ylabel in METRIC_LABELS.items():
+        if metric == "acc5":  # no train_acc5 to draw against: top-5 is recorded for held-out splits only
+            continue
         lines = []
         for index, (run, value) in enumerate(zip(runs, values)):
             note = analysis.seeds_note(run)

@@ -17,12 +17,14 @@ from bnonly.config import IMAGE_DEFAULTS, LBFGS_DEFAULTS, Config  # the settings
 
 # The trainer's defaults (config.py is plain Python: no torch, no trainer code).
 # (arch, width, epochs and batch size default per domain; runs from before the audio data were of images)
-SETTING_DEFAULTS = {**{f.name: f.default for f in dataclasses.fields(Config)}, **IMAGE_DEFAULTS}
+# (warmup_epochs and image_size default per dataset too: for the runs of before, 0 and 32)
+SETTING_DEFAULTS = {**{f.name: f.default for f in dataclasses.fields(Config)}, **IMAGE_DEFAULTS,
+                    "warmup_epochs": 0, "image_size": 32}
 
 REQUIRED_COLUMNS = ("epoch", "train_loss", "train_acc")
 # Numeric columns read; `phase` is read as text; any other column is ignored unread.
 KNOWN_COLUMNS = REQUIRED_COLUMNS + (
-    "lr", "val_loss", "val_acc", "test_loss", "test_acc",
+    "lr", "val_loss", "val_acc", "test_loss", "test_acc", "val_acc5", "test_acc5",
     "val_adapted_loss", "val_adapted_acc", "test_adapted_loss", "test_adapted_acc",
     "epoch_seconds", "eval_seconds", "images_per_second", "passes", "rollbacks",
     "images_forward_backward", "images_forward_only",

@@ -163,11 +163,10 @@ def summarize(rows: list, trainable_params: int, total_params: int, world_size: 
         summary["disabled_features"] = {k: gamma[k] for k in ("threshold", "overall", "layers")}
     if not rows:
         return summary
-    summary["final"] = {k: v for k, v in rows[-1].items() if k.endswith(("_loss", "_acc"))}
-    for split in ("val", "test", "train", "val_adapted", "test_adapted"):
-        key = f"{split}_acc"
-        if key in rows[-1]:
-            best = max(rows, key=lambda r: r[key] if math.isfinite(r[key]) else -1.0)
+    summary["final"] = {k: v for k, v in rows[-1].items() if k.endswith(("_loss", "_acc", "_acc5"))}
+    for key in ("val_acc", "test_acc", "train_acc", "val_adapted_acc", "test_adapted_acc", "val_acc5", "test_acc5"):
+        if key in rows[-1]:  # rows from before a column existed (a resumed older run) lack it
+            best = max((r for r in rows if key in r), key=lambda r: r[key] if math.isfinite(r[key]) else -1.0)
             summary[f"best_{key}"] = best[key]
             summary[f"best_{key}_epoch"] = best["epoch"]
     return summary

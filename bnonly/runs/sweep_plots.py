@@ -10,7 +10,7 @@ Pure functions on runs as run_reader.read_run returns them ({'name', 'config', '
 import math
 
 from bnonly.runs import analysis
-from bnonly.config import arch_depth
+from bnonly.config import arch_depth, imagenet_depth
 
 # axis -> (label, the settings it stands for: runs that differ only in them lie on one line)
 ACROSS = {"depth": ("depth (layers)", ("arch",)), "width": ("width (channels x K)", ("width",)),
@@ -22,7 +22,7 @@ def axis_value(run: dict, axis: str) -> float:
     any numeric setting of config.json; NaN when the run has none."""
     config = run["config"] or {}
     if axis == "depth":
-        depth = arch_depth(config.get("arch", ""))
+        depth = arch_depth(config.get("arch", "")) or imagenet_depth(config.get("arch", ""))
         return float(depth) if depth else math.nan
     if axis == "trainable_params":
         return float((run.get("summary") or {}).get("trainable_params", math.nan))

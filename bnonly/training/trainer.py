@@ -23,13 +23,16 @@ import torch
 from bnonly import distributed
 from bnonly.runs.analysis import gamma_stats
 from bnonly.distributed import World, any_rank, broadcast_value, world_from_env
-from bnonly.config import Config, ConfigError, fail, parse_args, phase_at, to_dict
+from bnonly.config import STREAMED_DATASETS, Config, ConfigError, fail, parse_args, phase_at, to_dict
 from bnonly.data.datasets import input_pipeline, is_audio, load_dataset
 from bnonly.training.compute import NATIVE_CPU_FLAGS, Compute, resolve_precision
 from bnonly.optim.factories import build_optimizer, build_scheduler
 from bnonly.training.engine import (TrainingDiverged, all_finite, evaluate, evaluate_adapted, job_sums, recalibrate_bn,
                                     step_images, train_one_epoch)
-from bnonly.models.resnet import build_model, count_parameters, freeze, select_parameters
+from bnonly.models import ModelError
+from bnonly.models.freezing import count_parameters, freeze, select_parameters, untrainable
+from bnonly.models.pretrained import load_pretrained
+from bnonly.models.registry import build_model
 from bnonly.training.resuming import restore, resume_config, resuming_in_place
 from bnonly.runs.runfiles import (RUN_FILES, check_save_dir, checkpoint_path, load_checkpoint, rng_state,
                                   save_checkpoint, summarize, write_history, write_json)
@@ -63,7 +66,8 @@ def resolve_device(name: str, world: World = World()) -> torch.device:
 
 
 def default_save_dir(cfg: Config) -> str:
-    return os.path.join("runs", f"{cfg.arch}_{cfg.optimizer}_{cfg.trainable}_{time.strftime('%Y%m%d-%H%M%S')}")
+    arch = cfg.arch.replace(":", "-")  # torchvision:resnet50: no ':' in a path (Windows, scp, tensorboard's name:dir)
+    return os.path.join("runs", f"{arch}_{cfg.optimizer}_{cfg.trainable}_{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def epoch_line(row: dict, epochs: int) -> str:
@@ -96,6 +100,7 @@ def run_epoch(epoch: int, cfg: Config, ex: "Experiment", after_step=None) -> dic
         if split in ex.splits:
             metrics = evaluate(ex.model, ex.splits[split], ex.pipeline, ex.compute, world=ex.world)
             row[f"{split}_loss"], row[f"{split}_acc"] = metrics["loss"], metrics["acc"]
+            row[f"{split}_acc5"] = metrics["acc5"]
     for split in ("val", "test") if cfg.bn_adapt else ():
         if split in ex.splits:
             metrics = evaluate_adapted(ex.model, ex.splits[split], ex.pipeline, ex.compute, ex.world)
@@ -136,7 +141,7 @@ class Experiment:
     generator: torch.Generator  # data order and augmentation
     compute: Compute  # device, precision, memory layout
     scaler: object  # fp16 loss scaling (None otherwise)
-    splits: dict  # name -> (images (N,3,H,W) uint8, labels (N,) int64) on the device
+    splits: dict  # name -> MemorySplit (images (N,3,H,W) uint8, labels (N,) int64) on the device, or StreamedSplit
     pipeline: object  # data.ImageInputs or audio.AudioInputs: augmentation and normalisation on the device
     normalization: dict  # its mean and std (per channel or mel bin) as plain lists, for the checkpoint
     num_classes: int
@@ -172,6 +177,10 @@ def run(cfg: Config, given: set, world: World = World()) -> int:
         if "save_dir" not in given:
             cfg.save_dir = os.path.dirname(os.path.abspath(path))
     device = resolve_device(cfg.device, world)
+    if world.active and cfg.dataset in STREAMED_DATASETS and cfg.optimizer == "lbfgs" and cfg.lbfgs_variant != "torch":
+        raise ConfigError(f"--dataset {cfg.dataset} under torchrun: each rank decodes only its part of a batch, "
+                          f"and the {cfg.lbfgs_variant} L-BFGS variant needs the whole batch on every rank; use "
+                          f"SGD, --lbfgs-variant torch, or one process")
     if checkpoint is not None and not cfg.evaluate and checkpoint.get("world_size", 1) != world.size:
         raise ConfigError(f"--resume: the run was made by {checkpoint.get('world_size', 1)} process(es), this is "
                           f"{world.size}; resume with as many (torchrun --nproc_per_node), or -e to evaluate")
@@ -190,7 +199,7 @@ def run(cfg: Config, given: set, world: World = World()) -> int:
         metrics = evaluate(experiment.model, experiment.splits["test"], experiment.pipeline, experiment.compute,
                            world=world)
         if world.main:
-            print(f"test_loss {metrics['loss']:.4f} test_acc {metrics['acc']:.2f}")
+            print(f"test_loss {metrics['loss']:.4f} test_acc {metrics['acc']:.2f} test_acc5 {metrics['acc5']:.2f}")
         if cfg.bn_adapt:
             metrics = evaluate_adapted(experiment.model, experiment.splits["test"], experiment.pipeline,
                                        experiment.compute, world)
@@ -210,8 +219,7 @@ def build_experiment(cfg: Config, device: torch.device, checkpoint, world: World
     dataset = distributed.in_turn(world, lambda: load_dataset(cfg))  # one download / decode, then cache reads
     precision = broadcast_value(world, run_precision(cfg, device, checkpoint))  # rank 0's CPU decides for all
     compute = Compute(device, precision, cfg.channels_last)
-    model = compute.place(build_model(cfg.arch, dataset.num_classes, cfg.width, cfg.bn_init,
-                                      cfg.n_mels if is_audio(cfg) else 3))
+    model = compute.place(new_model(cfg, dataset.num_classes, checkpoint, world))
     if cfg.sync_bn and world.active:
         distributed.convert_sync_batchnorm(model, device)
     start_epoch = checkpoint["epoch"] + 1 if checkpoint is not None else 1
@@ -232,12 +240,33 @@ def build_experiment(cfg: Config, device: torch.device, checkpoint, world: World
                 progress.update(loss_sum=torch.zeros_like(progress["loss_sum"]),
                                 correct=torch.zeros_like(progress["correct"]), images=0)
     pipeline = input_pipeline(cfg, normalization, device)
-    splits = {name: (images.to(device), labels.to(device)) for name, (images, labels) in dataset.splits.items()}
+    splits = {name: split.to(device) for name, split in dataset.splits.items()}
     if cfg.compile:
         model.compile(mode=cfg.compile_mode)  # in place: the state_dict keys stay those of the plain model
     train_model = distributed.wrap(model, world, device)
     return Experiment(model, params, optimizer, scheduler, generator, compute, scaler, splits, pipeline, normalization,
                       dataset.num_classes, history, start_epoch, world, train_model, phase, no_decay, progress)
+
+
+def new_model(cfg: Config, num_classes: int, checkpoint, world: World) -> torch.nn.Module:
+    """The model -a names (on the CPU) with --init-from's weights, but not when resuming (the checkpoint's
+    win), checked against every mode it will train in; what cannot be built or loaded is a ConfigError."""
+    try:
+        model = build_model(cfg.arch, num_classes, cfg.width, cfg.bn_init, cfg.n_mels if is_audio(cfg) else 3)
+    except ModelError as e:
+        raise ConfigError(f"-a {cfg.arch}: {e}") from None
+    if cfg.init_from and checkpoint is None:
+        try:
+            notes = load_pretrained(model, os.path.expanduser(cfg.init_from))
+        except ModelError as e:
+            raise ConfigError(f"--init-from {cfg.init_from}: {e}") from None
+        for note in notes if world.main else ():
+            print(f"note: --init-from {cfg.init_from}: {note}", file=sys.stderr)
+    for mode in dict.fromkeys(mode for mode, _ in cfg.phases or [[cfg.trainable, cfg.epochs]]):
+        if untrainable(model, mode):
+            raise ConfigError(f"{'--phases' if cfg.phases else '-t'} {mode}: {cfg.arch} {untrainable(model, mode)}, "
+                              f"so {mode} would train nothing; choose another model or mode")
+    return model
 
 
 def run_precision(cfg: Config, device: torch.device, checkpoint) -> str:
@@ -283,7 +312,7 @@ def train(cfg: Config, ex: Experiment, device: torch.device) -> int:
     mode = phase_at(cfg, ex.start_epoch)[1] + (f", phase {ex.phase + 1} of {len(cfg.phases)}" if cfg.phases else "")
     processes = f", {world.size} processes x batch {cfg.batch_size}" if world.active else ""
     say(f"{cfg.arch} x{cfg.width}: {trainable:,} of {total:,} parameters trainable ({mode}), "
-        f"{cfg.optimizer}, {len(ex.splits['train'][1]):,} training {'clips' if is_audio(cfg) else 'images'}, device {device}{processes} "
+        f"{cfg.optimizer}, {len(ex.splits['train'].labels):,} training {'clips' if is_audio(cfg) else 'images'}, device {device}{processes} "
         f"({ex.compute.precision}{', channels-last' if cfg.channels_last and not is_audio(cfg) else ''}), "
         f"run folder {cfg.save_dir}", flush=True)
     if "test" not in ex.splits and "val" not in ex.splits:
@@ -357,7 +386,7 @@ def train(cfg: Config, ex: Experiment, device: torch.device) -> int:
 
 def open_board(cfg: Config, ex: Experiment) -> TensorBoardLog:
     """The TensorBoard log of this run, taking over after the images the checkpoint had seen."""
-    images = len(ex.splits["train"][1])
+    images = len(ex.splits["train"].labels)
     seen = (ex.start_epoch - 1) * images + (images_done(cfg, ex, ex.progress) if ex.progress else 0)
     return TensorBoardLog(cfg.save_dir, to_dict(cfg), images, seen)
 
@@ -365,7 +394,7 @@ def open_board(cfg: Config, ex: Experiment) -> TensorBoardLog:
 def images_done(cfg: Config, ex: Experiment, progress: dict) -> int:
     """Training images of the epoch that the job has stepped through (all ranks)."""
     lbfgs = cfg.optimizer == "lbfgs" and ex.optimizer is not None
-    return min(progress["step"] * step_images(cfg, lbfgs) * ex.world.size, len(ex.splits["train"][1]))
+    return min(progress["step"] * step_images(cfg, lbfgs) * ex.world.size, len(ex.splits["train"].labels))
 
 
 def checkpoint_state(cfg: Config, ex: Experiment, epoch: int, progress=None) -> dict:
