@@ -75,9 +75,15 @@ def test_bad_grid_files_are_one_line_errors(tmp_path, text, words):
 
 
 def test_sweep_runs_once_reports_failures_and_skips_what_is_done(tmp_path):
-    """A tiny grid with one run that train.py refuses (lr -1): the other finishes, the failure is reported
-    with its error line; a second call starts nothing; --retry-failed tries the failed run again."""
-    grid = write_grid(tmp_path / "grid.json", TINY_BASE, {"trainable": ["bn"], "lr": [0.1, -1]})
+    """A tiny grid with one run that fails once started (its image folder has one class, which only
+    loading the data finds): the other finishes, the failure is reported with its error line; a second
+    call starts nothing; --retry-failed tries the failed run again."""
+    from PIL import Image
+    (tmp_path / "one" / "train" / "cat").mkdir(parents=True)
+    Image.new("RGB", (32, 32)).save(tmp_path / "one" / "train" / "cat" / "0.png")
+    base = {key: value for key, value in TINY_BASE.items() if key != "dataset"}
+    base.update(data_dir=str(tmp_path / "one"), cache_dir=str(tmp_path / "cache"))
+    grid = write_grid(tmp_path / "grid.json", base, {"trainable": ["bn"], "dataset": ["synthetic", "imagefolder"]})
     out = tmp_path / "sweep"
     dry = run_main(sweep.main, "sweep.py", [grid, "--out", out, "--dry-run"])
     assert dry.returncode == 0 and dry.stdout.count("new ") == 2 and "--save-dir" in dry.stdout and not out.exists()
@@ -87,10 +93,10 @@ def test_sweep_runs_once_reports_failures_and_skips_what_is_done(tmp_path):
     lines = first.stdout.splitlines()
     assert any(line.endswith("2 runs, 1 done (1 in this call), 1 failed, 0 to run") for line in lines), first.stdout
     failed = [line for line in lines if "(exit 2)" in line]
-    assert len(failed) == 1 and "--lr must be a finite number above 0" in failed[0], failed
-    done = out / "trainable=bn,lr=0.1"
+    assert len(failed) == 1 and "has one class folder" in failed[0], failed
+    done = out / "trainable=bn,dataset=synthetic"
     assert len(read_csv(done / "history.csv")) == 1
-    assert json.loads((out / "trainable=bn,lr=-1.0" / "sweep_status.json").read_text())["exit_code"] == 2
+    assert json.loads((out / "trainable=bn,dataset=imagefolder" / "sweep_status.json").read_text())["exit_code"] == 2
     written = (done / "history.csv").stat().st_mtime_ns
 
     again = run_main(sweep.main, "sweep.py", [grid, "--out", out])
@@ -191,3 +197,33 @@ def preempt(folder):
 def run_train_in_process(settings, folder):
     from conftest import run_train
     return run_train(*sweep.flags(settings), "--no-progress", "--save-dir", folder).returncode
+
+
+def test_every_grid_in_experiments_reads_and_the_imagenet_grid_has_the_papers_depths():
+    grids = sorted((REPO / "experiments").glob("*.yaml"))
+    assert grids
+    for grid in grids:
+        base, axes = sweep.read_grid(str(grid))
+        assert sweep.expand(base, axes, "out"), grid.name
+    base, axes = sweep.read_grid(str(REPO / "experiments" / "paper_imagenet.yaml"))
+    assert base["dataset"] == "imagenet" and axes["trainable"] == ["bn", "all"]
+    assert [arch.split("resnet")[1] for arch in axes["arch"]] == ["18", "34", "50", "101", "152", "200"]
+
+
+@pytest.mark.parametrize("base, axes, words", [
+    ({"dataset": "synthetic", "workers": 0, "epochs": 1}, {"seed": [0, 1]}, ["run seed=0", "--workers", "at least 1"]),
+    ({"dataset": "synthetic", "epochs": 2}, {"warmup_epochs": [1, 2]}, ["run warmup_epochs=2", "--warmup-epochs"]),
+    ({"dataset": "imagefolder", "data_dir": "/nonexistent", "epochs": 1}, {"seed": [0]},
+     ["run seed=0", "/nonexistent/train", "imagefolder"]),
+    ({"dataset": "synthetic", "epochs": 1, "n_mels": 20}, {"seed": [0]}, ["run seed=0", "--n-mels", "audio"]),
+])
+def test_a_grid_with_a_bad_run_starts_nothing_and_writes_nothing(tmp_path, base, axes, words):
+    grid = tmp_path / "grid.yaml"
+    write_grid(grid, base, axes)
+    for extra in ([], ["--dry-run"], ["--launcher", "slurm"]):
+        result = run_sweep(grid, "--out", tmp_path / "out", *extra)
+        assert result.returncode == 2, result.stdout + result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("sweep.py: error: "), result.stderr
+        assert all(word in lines[0] for word in words), lines[0]
+        assert not (tmp_path / "out").exists()

@@ -163,6 +163,27 @@ def state_of(run: Run) -> str:
     return "interrupted" if os.path.exists(os.path.join(run.folder, "checkpoint.pt")) else "new"
 
 
+def check_runs(runs: list, states: dict) -> None:
+    """Resolve and validate the settings of every run about to start afresh (new, or failed and retried)
+    with train.py's own code (config.resolve: ranges, combinations, the dataset's defaults; no torch), and
+    check that a folder dataset's DATA_DIR/train exists; SweepError naming the first bad run and its
+    setting. Interrupted runs resume from their checkpoint, which train.py checks."""
+    for run in runs:
+        if states[run.name] not in ("new", "failed"):
+            continue
+        given = {name: value for name, value in run.settings.items()  # what flags() passes on to train.py
+                 if value is not None and not (value is False and config.FIELDS[name].metadata.get("action") ==
+                                               "store_true")}
+        try:
+            cfg = config.resolve(config.Config(**given), set(given))
+        except config.ConfigError as e:
+            raise SweepError(f"run {run.name}: {e}") from None
+        train = os.path.join(os.path.expanduser(cfg.data_dir), "train")
+        if cfg.dataset in config.FOLDER_DATASETS and not os.path.isdir(train):
+            raise SweepError(f"run {run.name}: no folder {train}; --dataset {cfg.dataset} needs "
+                             f"DATA_DIR/train/<class>/ (--set data_dir=...)")
+
+
 def resume_command(run: Run) -> list:
     return [sys.executable, TRAIN, "--resume", run.folder, "--no-progress"]
 
@@ -390,6 +411,10 @@ def main(argv=None) -> int:
     refresh_queued(runs, states, out)
     todo = [run for run in runs if states[run.name] in ("new", "interrupted") or
             (args.retry_failed and states[run.name] == "failed")]
+    try:
+        check_runs(todo, states)  # before any run is started or submitted, --dry-run too
+    except SweepError as e:
+        config.fail(str(e), prog="sweep.py")
     if args.dry_run:
         for run in runs:
             print(f"{states[run.name]:<12} {run.name}")
