@@ -71,8 +71,7 @@ def folder_of(root: str, size) -> str:
 
 def ours(folder: str, reduce: bool = True):
     """--dataset imagenet's training transform on `folder`'s images, keyed (index, epoch)."""
-    train = os.path.join(folder, "train")
-    paths, labels = streamed.list_folder(train, streamed.class_folders({"train": train}))
+    paths, labels = streamed.load_image_folders(folder)[0]["train"]
     dataset = streamed.StreamedFolder(paths, labels, CROP, train=True, seed=0, reduce=reduce)
     return dataset, lambda index: (index, 0)
 

@@ -133,10 +133,10 @@ def audio_features(cfg) -> audio.Features:
 
 
 def input_pipeline(cfg, normalization: dict, device):
-    """What turns a batch of a split into model input: ImageInputs, streamed.StreamedInputs for images
+    """What turns a batch of a split into model input: ImageInputs, StreamedInputs for images
     augmented in the loader's workers, or audio.AudioInputs for audio data."""
     if cfg.dataset == "imagenet":
-        return streamed.StreamedInputs(normalization["mean"], normalization["std"], device)
+        return StreamedInputs(normalization["mean"], normalization["std"], device)
     if is_audio(cfg):
         augmentation = audio.Augmentation(cfg.time_shift_ms, cfg.time_mask, cfg.freq_mask, cfg.freq_warp)
         return audio.AudioInputs(audio_features(cfg), augmentation, normalization["mean"], normalization["std"],
@@ -157,6 +157,14 @@ class ImageInputs:
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         return normalize(images, self.mean, self.std)
+
+
+class StreamedInputs(ImageInputs):
+    """The input pipeline of streamed images (streamed.py): the loader's workers already cropped and flipped
+    them, so `augment` passes the batch through; `prepare` standardises as for images in memory."""
+
+    def augment(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return images
 
 
 def load_cifar(name: str, data_dir: str, download: bool):
@@ -216,15 +224,14 @@ def load_imagefolder(data_dir: str, cache_dir: str, image_size: int, workers: in
     size and modification time, and the cache holds the class names torchvision found.
     """
     folders = split_folders(data_dir, "imagefolder", "<images>")
-    train_dir = folders["train"]
-    class_folders(folders)  # two classes at least, the same in every split: checked before any cache hit
+    classes = class_folders(folders)  # two classes at least, the same in every split: checked before any cache hit
     cache_path = cache_file(cache_dir, "imagefolder", folders, f"size{image_size}")
     cached = read_cache(cache_path)
     if cached is not None:
         return cached[:2]
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+    class_to_idx = {name: index for index, name in enumerate(classes)}  # sorted folder names, as find_classes
     try:
-        classes, class_to_idx = find_classes(train_dir)
         files = {name: make_dataset(folder, class_to_idx, IMG_EXTENSIONS) for name, folder in folders.items()}
     except (FileNotFoundError, OSError) as e:
         raise DataError(f"{str(e).splitlines()[0]}; put images in DATA_DIR/train/<class>/ and give test/ (or val/) "

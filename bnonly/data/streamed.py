@@ -3,7 +3,7 @@
 `--dataset imagenet --data-dir DIR` reads torchvision's reference layout, DIR/train/<class>/*.JPEG and
 DIR/val/<class>/*.JPEG (the test split here). Only the file list and the labels are held in memory; each
 step's images are decoded by worker processes, cropped and resized there on uint8 pixels, and reach the
-device as one (N, 3, S, S) uint8 batch, normalised there (StreamedInputs.prepare), as timm's prefetcher does.
+device as one (N, 3, S, S) uint8 batch, normalised there (datasets.StreamedInputs), as timm's prefetcher does.
 
 Every random choice of a training image (its RandomResizedCrop box and its flip) comes from a generator
 seeded by (run seed, epoch, image index), never from the worker that happens to decode it: any number of
@@ -240,18 +240,3 @@ class StreamedSplit:
                 path = self.folder.path(part[int(bad[0])])
                 raise DataError(f"cannot decode {path}: truncated, corrupt or not an image; remove or replace it")
             yield (images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True), slice(None))
-
-
-class StreamedInputs:
-    """The input pipeline of streamed images: augmentation already happened in the workers, so `augment`
-    passes the batch through; `prepare` standardises per channel on the device."""
-
-    def __init__(self, mean, std, device):
-        self.mean = torch.as_tensor(mean, dtype=torch.float32, device=device).view(-1, 1, 1)  # (3, 1, 1), 0-1 scale
-        self.std = torch.as_tensor(std, dtype=torch.float32, device=device).view(-1, 1, 1)
-
-    def augment(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return images
-
-    def prepare(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.float() / 255 - self.mean) / self.std  # as the in-memory images' normalize

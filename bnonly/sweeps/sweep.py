@@ -124,16 +124,21 @@ def flag_value(value) -> str:
     return str(value)
 
 
+def passed(settings: dict) -> dict:
+    """The settings that reach train.py's command line: not those left at None, nor a store_true flag
+    that is false."""
+    return {name: value for name, value in settings.items() if value is not None and
+            not (value is False and config.FIELDS[name].metadata.get("action") == "store_true")}
+
+
 def flags(settings: dict) -> list:
     """train.py's command-line flags for `settings` (field name -> value)."""
     args = []
-    for name, value in settings.items():
-        if value is None:
-            continue
+    for name, value in passed(settings).items():
         flag = "--" + name.replace("_", "-")
         action = config.FIELDS[name].metadata.get("action")
         if action == "store_true":
-            args += [flag] if value else []
+            args.append(flag)
         elif action is argparse.BooleanOptionalAction:
             args.append(flag if value else "--no-" + flag[2:])
         else:
@@ -171,9 +176,7 @@ def check_runs(runs: list, states: dict) -> None:
     for run in runs:
         if states[run.name] not in ("new", "failed"):
             continue
-        given = {name: value for name, value in run.settings.items()  # what flags() passes on to train.py
-                 if value is not None and not (value is False and config.FIELDS[name].metadata.get("action") ==
-                                               "store_true")}
+        given = passed(run.settings)  # as train.py will be given them
         try:
             cfg = config.resolve(config.Config(**given), set(given))
         except config.ConfigError as e:
