@@ -36,12 +36,12 @@ FSDD_GROUP_REGEX = r"^[^_]*_([^_]*)_"  # {digit}_{speaker}_{index}.wav: the spea
 TRAINABLE = ("all", "bn", "bn+fc", "fc", "none", "random")
 PHASE_MODES = ("all", "bn", "bn+fc", "fc", "none")  # random draws its entries once, so it cannot be a later phase
 BN_INITS = ("uniform", "ones", "normal", "signed")
-OPTIMIZERS = ("sgd", "lbfgs", "adam", "adamw", "rmsprop", "adagrad", "nadam", "radam")
+OPTIMIZERS = ("sgd", "lbfgs", "adam", "adamw", "rmsprop", "adagrad", "nadam", "radam", "ngd")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 # used when --lr is not given: the classic CIFAR ResNet value for SGD, torch.optim's defaults otherwise
 DEFAULT_LR = {"sgd": 0.1, "lbfgs": 1.0, "adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-2, "adagrad": 1e-2,
-              "nadam": 2e-3, "radam": 1e-3}
+              "nadam": 2e-3, "radam": 1e-3, "ngd": 0.4}
 LBFGS_VARIANTS = ("torch", "batch", "multibatch", "hvp")
 DEFAULT_LBFGS_VARIANT = "multibatch"  # what --use-lbfgs True runs (docs/results.md: L-BFGS variants)
 # each variant's settings where the flag is not given; torch's are those of the runs before the variants
@@ -222,7 +222,9 @@ class Config:  # in the order of SECTIONS
         "start from the weights in FILE, loaded before freezing: a state dict (torchvision's or timm's .pth) or a "
         "train.py checkpoint.pt; the final linear layer keeps its random init if its class count differs from "
         "the data's; not read on --resume (the checkpoint's weights win)", metavar="FILE"))
-    optimizer: str = field(default="sgd", metadata=_flag("torch.optim optimizer", choices=OPTIMIZERS))
+    optimizer: str = field(default="sgd", metadata=_flag(
+        "a torch.optim optimizer, or ngd: natural gradient over BatchNorm's gamma and beta (-t bn; "
+        "docs/natural_gradient.md)", choices=OPTIMIZERS))
     use_lbfgs: Optional[bool] = field(default=None, metadata=_flag(
         "true/false: shorthand for --optimizer lbfgs / sgd", type=str2bool, metavar="BOOL"))
     epochs: Optional[int] = field(default=None, metadata=_flag(
@@ -295,6 +297,20 @@ class Config:  # in the order of SECTIONS
     lbfgs_history_mode: str = field(default="persist", metadata=_flag(
         "torch and batch variants: curvature memory across batches: persist, or reset before every batch",
         choices=("persist", "reset")))
+    ngd_fisher: str = field(default="empirical", metadata=_flag(
+        "ngd: per-sample gradients of the Fisher: empirical (the batch's labels, free) or sampled (labels drawn "
+        "from the model's predictions: one more backward pass per step)", choices=("empirical", "sampled")))
+    ngd_damping: float = field(default=1.0, metadata=_flag(
+        "ngd: the initial Levenberg-Marquardt damping, in units of the Fisher's mean eigenvalue; it adapts at "
+        "every refresh"))
+    ngd_ema: float = field(default=0.95, metadata=_flag("ngd: decay per step of the Fisher's moving average"))
+    ngd_refresh: int = field(default=10, metadata=_flag(
+        "ngd: steps between factorisations of the damped Fisher (the damping adapts at each)"))
+    ngd_power: float = field(default=1.0, metadata=_flag(
+        "ngd: step (F + damping)^-power g: 1 natural gradient, 0.5 full-matrix RMSprop"))
+    ngd_blocks: str = field(default="auto", metadata=_flag(
+        "ngd: curvature blocks: full (one matrix), layer, channel (2x2 gamma/beta), auto (the coarsest whose "
+        "blocks hold at most 4,096 parameters)", choices=("auto", "full", "layer", "channel")))
     bn_recalibrate: Optional[int] = field(default=None, metadata=_flag(
         "before each evaluation, re-estimate BN running statistics as the plain average over N fixed "
         "training images (0: keep the running averages; default 4096 for L-BFGS, whose few large steps "
@@ -632,6 +648,8 @@ def validate(cfg: Config, given=frozenset()) -> None:
     if cfg.schedule == "multistep" and cfg.milestones is not None:
         require(all(m >= 1 for m in cfg.milestones) and cfg.milestones == sorted(cfg.milestones),
                 f"--milestones must be increasing epochs >= 1, got {cfg.milestones}")
+    if cfg.optimizer == "ngd":
+        validate_ngd(cfg, require)
     require(not (cfg.precision == "fp16" and cfg.optimizer == "lbfgs"),
             "--precision fp16 needs loss scaling, which L-BFGS's line search cannot use; use --precision bf16 or fp32")
     require(cfg.compile or cfg.compile_mode == "default",
@@ -642,6 +660,20 @@ def validate(cfg: Config, given=frozenset()) -> None:
     device = cfg.device
     require(device in ("auto", "cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit()),
             f"--device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
+
+
+def validate_ngd(cfg: Config, require) -> None:
+    """--optimizer ngd's settings, and what it cannot be combined with."""
+    modes = {mode for mode, _ in cfg.phases} if cfg.phases else {cfg.trainable}
+    require(modes == {"bn"}, "--optimizer ngd trains BatchNorm's gamma and beta only: use -t bn (or phases of bn)")
+    require(cfg.precision != "fp16", "--optimizer ngd cannot use fp16's loss scaling; use --precision bf16 or fp32")
+    require(not cfg.compile, "--optimizer ngd reads per-sample gradients through hooks that --compile would "
+            "not keep; leave --compile off")
+    require(math.isfinite(cfg.ngd_damping) and cfg.ngd_damping > 0,
+            f"--ngd-damping must be a finite number above 0, got {cfg.ngd_damping}")
+    require(0 <= cfg.ngd_ema < 1, f"--ngd-ema must be in [0, 1), got {cfg.ngd_ema}")
+    require(cfg.ngd_refresh >= 1, f"--ngd-refresh must be at least 1, got {cfg.ngd_refresh}")
+    require(math.isfinite(cfg.ngd_power) and cfg.ngd_power > 0, f"--ngd-power must be above 0, got {cfg.ngd_power}")
 
 
 def domain_known(cfg: Config, given) -> bool:

@@ -7,17 +7,29 @@ import math
 import torch
 
 from bnonly.config import default_milestones
+from bnonly.distributed import World
+from bnonly.models.freezing import is_batchnorm
+from bnonly.optim.natural_gradient import NaturalGradient
 from bnonly.optim.quasi_newton import StochasticLBFGS
 
 
-def build_optimizer(cfg, params: list, no_decay=()):
+def build_optimizer(cfg, params: list, no_decay=(), model=None, world: World = World()):
     """torch.optim optimizer over the trainable parameters; None when nothing trains.
 
     Parameters in `no_decay` (e.g. BatchNorm's with --bn-weight-decay false) get no weight decay; for
     L-BFGS, whose decay is an L2 term in the loss (lbfgs_step), the caller leaves them out of that term.
+    ngd needs the `model` (it hooks its BatchNorm layers) and the `world` (it averages the Fisher).
     """
     if not params:
         return None
+    if cfg.optimizer == "ngd":
+        trained = {id(p) for p in params}
+        modules = [m for m in model.modules() if is_batchnorm(m) and m.weight is not None and id(m.weight) in trained]
+        decayed, undecayed = split_decay(params, no_decay)
+        groups = [g for g in ({"params": decayed}, {"params": undecayed, "weight_decay": 0.0}) if g["params"]]
+        return NaturalGradient(groups, modules, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               damping=cfg.ngd_damping, ema=cfg.ngd_ema, refresh=cfg.ngd_refresh,
+                               power=cfg.ngd_power, blocks=cfg.ngd_blocks, world=world)
     if cfg.optimizer == "lbfgs" and cfg.lbfgs_variant != "torch":
         pairs = {"batch": "same-batch", "multibatch": "overlap", "hvp": "hvp"}[cfg.lbfgs_variant]
         return StochasticLBFGS(params, lr=cfg.lr, history_size=cfg.lbfgs_history, pairs=pairs,

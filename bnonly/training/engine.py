@@ -13,6 +13,7 @@ from tqdm import tqdm
 from bnonly.optim.batch_objective import (all_finite, batch_objective, bn_buffers, l2_penalty, lbfgs_chunks,
                                           quasi_newton_step, restore_bn_buffers, roll_back, snapshot)
 from bnonly.training.compute import Compute
+from bnonly.training.ngd_step import ngd_step
 from bnonly.data.datasets import as_split, epoch_order, fixed_subset_index
 from bnonly.distributed import World, all_sum, average_bn_statistics, shard
 from bnonly.optim.factories import split_decay
@@ -161,6 +162,9 @@ def train_one_epoch(model, optimizer, cfg, train_split, pipeline, generator, epo
                 result = lbfgs_step(model, optimizer, x, y, cfg.weight_decay, compute, decayed,
                                     lbfgs_chunks(len(index), world, cfg.lbfgs_chunk_size), cfg.label_smoothing,
                                     world, share)
+            elif cfg.optimizer == "ngd" and optimizer is not None:
+                result = ngd_step(model, optimizer, x, y, compute, cfg.ngd_fisher, generator, cfg.label_smoothing,
+                                  share)
             else:
                 result = sgd_step(model, optimizer, x, y, compute, scaler, cfg.label_smoothing, share)
             counter = "images_forward_backward" if optimizer is not None else "images_forward_only"

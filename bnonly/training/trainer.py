@@ -224,7 +224,7 @@ def build_experiment(cfg: Config, device: torch.device, checkpoint, world: World
         distributed.convert_sync_batchnorm(model, device)
     start_epoch = checkpoint["epoch"] + 1 if checkpoint is not None else 1
     phase, mode, epochs = phase_at(cfg, start_epoch)
-    params, no_decay, optimizer, scheduler = setup_phase(cfg, model, mode, epochs)  # before load_state_dict
+    params, no_decay, optimizer, scheduler = setup_phase(cfg, model, mode, epochs, world)  # before load_state_dict
     scaler = compute.grad_scaler()
     normalization = {"mean": list(dataset.mean), "std": list(dataset.std)}
     history, progress = [], None
@@ -278,13 +278,16 @@ def run_precision(cfg: Config, device: torch.device, checkpoint) -> str:
     return resolve_precision(cfg.precision, device, cfg.optimizer)
 
 
-def setup_phase(cfg: Config, model, mode: str, epochs: int) -> tuple:
-    """Freeze the model to `mode` and build a fresh optimizer and an `epochs`-long schedule for it;
-    returns (trainable parameters, those without weight decay, optimizer, scheduler)."""
+def setup_phase(cfg: Config, model, mode: str, epochs: int, world: World = World(), old=None) -> tuple:
+    """Freeze the model to `mode` and build a fresh optimizer (after `old`, the last phase's) and an
+    `epochs`-long schedule for it; returns (trainable parameters, those without weight decay, optimizer,
+    scheduler)."""
+    if hasattr(old, "remove_hooks"):  # ngd's per-sample hooks belong to the optimizer that ends here
+        old.remove_hooks()
     params = freeze(model, mode, cfg.seed)
     bn = {id(p) for p in select_parameters(model, "bn")}
     no_decay = [] if cfg.bn_weight_decay else [p for p in params if id(p) in bn]
-    optimizer = build_optimizer(cfg, params, no_decay)
+    optimizer = build_optimizer(cfg, params, no_decay, model, world)
     return params, no_decay, optimizer, build_scheduler(cfg, optimizer, epochs)
 
 
@@ -293,7 +296,8 @@ def enter_phase(cfg: Config, ex: Experiment, epoch: int) -> None:
     index, mode, epochs = phase_at(cfg, epoch)
     if index == ex.phase:
         return
-    ex.params, ex.no_decay, ex.optimizer, ex.scheduler = setup_phase(cfg, ex.model, mode, epochs)
+    ex.params, ex.no_decay, ex.optimizer, ex.scheduler = setup_phase(cfg, ex.model, mode, epochs, ex.world,
+                                                                     ex.optimizer)
     ex.train_model = distributed.wrap(ex.model, ex.world, ex.compute.device)  # DDP follows requires_grad
     ex.phase = index
     if ex.world.main:

@@ -1,0 +1,88 @@
+"""The wall time of one training step of each optimizer on this machine: BN-only ResNet-32 (or -a), batch
+-b of random 32 x 32 images, fp32. Rounds interleave the optimizers, so a machine that slows down slows
+every one alike; each cell is the median over rounds of the mean step over `--steps` steps (a multiple of
+ngd's --ngd-refresh, so its factorisations are counted at their rate), after `--warmup` steps.
+
+    python bench_optimizers.py [--device cpu] [--rounds 3] [--steps 20]
+"""
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+
+from bnonly.benchmarks.image_bench import bench_device, machine, synchronize, table
+from bnonly.config import parse_args
+from bnonly.data.datasets import ImageInputs
+from bnonly.models.freezing import freeze
+from bnonly.models.registry import build_model
+from bnonly.optim.factories import build_optimizer
+from bnonly.training.compute import Compute
+from bnonly.training.engine import sgd_step
+from bnonly.training.ngd_step import ngd_step
+
+# (name, train.py flags): the step each optimizer takes in a BN-only run
+OPTIMIZERS = [
+    ("sgd", ["--optimizer", "sgd"]),
+    ("adam", ["--optimizer", "adam"]),
+    ("ngd (empirical Fisher)", ["--optimizer", "ngd"]),
+    ("ngd (sampled Fisher)", ["--optimizer", "ngd", "--ngd-fisher", "sampled"]),
+    ("ngd --ngd-power 0.5", ["--optimizer", "ngd", "--ngd-power", "0.5"]),
+]
+
+
+def make_step(flags: list, arch: str, batch: int, device: torch.device):
+    """A function doing one training step of the optimizer `flags` name, on a fixed random batch."""
+    cfg = parse_args(["-t", "bn", "-a", arch, "-b", str(batch), "--precision", "fp32", *flags])[0]
+    compute = Compute(device, "fp32", True)
+    torch.manual_seed(0)
+    model = compute.place(build_model(arch, 10))
+    optimizer = build_optimizer(cfg, freeze(model, "bn"), (), model)
+    generator = torch.Generator(device=device).manual_seed(0)
+    images = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, device=device)
+    labels = torch.randint(0, 10, (batch,), device=device)
+    x = compute.inputs(images, ImageInputs((128.0,) * 3, (64.0,) * 3, device))
+    model.train()
+    if cfg.optimizer == "ngd":
+        return lambda: ngd_step(model, optimizer, x, labels, compute, cfg.ngd_fisher, generator)
+    return lambda: sgd_step(model, optimizer, x, labels, compute)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
+    parser.add_argument("-a", "--arch", default="resnet32", help="model (default resnet32)")
+    parser.add_argument("-b", "--batch-size", type=int, default=128, help="images per step (default 128)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per optimizer and round (default 20)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
+    args = parser.parse_args(argv)
+    device = bench_device(args.device, "bench_optimizers.py")
+    if device is None:
+        return 2
+    steps = {name: make_step(flags, args.arch, args.batch_size, device) for name, flags in OPTIMIZERS}
+    for step in steps.values():
+        for _ in range(args.warmup):
+            step()
+    times = {name: [] for name in steps}
+    for _ in range(args.rounds):
+        for name, step in steps.items():
+            synchronize(device)
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                step()
+            synchronize(device)
+            times[name].append((time.perf_counter() - start) / args.steps)
+    print(f"{machine(device)}, torch {torch.__version__}, {torch.get_num_threads()} threads; BN-only {args.arch}, "
+          f"batch {args.batch_size}, fp32; median of {args.rounds} rounds of {args.steps} steps\n")
+    sgd = statistics.median(times["sgd"])
+    rows = [[name, f"{1000 * statistics.median(t):.1f}", f"{statistics.median(t) / sgd:.2f}"]
+            for name, t in times.items()]
+    print(table(["optimizer", "ms per step", "x SGD"], rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
