@@ -22,14 +22,6 @@ def build_optimizer(cfg, params: list, no_decay=(), model=None, world: World = W
     """
     if not params:
         return None
-    if cfg.optimizer == "ngd":
-        trained = {id(p) for p in params}
-        modules = [m for m in model.modules() if is_batchnorm(m) and m.weight is not None and id(m.weight) in trained]
-        decayed, undecayed = split_decay(params, no_decay)
-        groups = [g for g in ({"params": decayed}, {"params": undecayed, "weight_decay": 0.0}) if g["params"]]
-        return NaturalGradient(groups, modules, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                               damping=cfg.ngd_damping, ema=cfg.ngd_ema, refresh=cfg.ngd_refresh,
-                               power=cfg.ngd_power, blocks=cfg.ngd_blocks, world=world)
     if cfg.optimizer == "lbfgs" and cfg.lbfgs_variant != "torch":
         pairs = {"batch": "same-batch", "multibatch": "overlap", "hvp": "hvp"}[cfg.lbfgs_variant]
         return StochasticLBFGS(params, lr=cfg.lr, history_size=cfg.lbfgs_history, pairs=pairs,
@@ -42,6 +34,12 @@ def build_optimizer(cfg, params: list, no_decay=(), model=None, world: World = W
                                  line_search_fn=None if cfg.lbfgs_line_search == "none" else cfg.lbfgs_line_search)
     decayed, undecayed = split_decay(params, no_decay)
     groups = [g for g in ({"params": decayed}, {"params": undecayed, "weight_decay": 0.0}) if g["params"]]
+    if cfg.optimizer == "ngd":
+        trained = {id(p) for p in params}
+        modules = [m for m in model.modules() if is_batchnorm(m) and m.weight is not None and id(m.weight) in trained]
+        return NaturalGradient(groups, modules, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               damping=cfg.ngd_damping, ema=cfg.ngd_ema, refresh=cfg.ngd_refresh,
+                               power=cfg.ngd_power, blocks=cfg.ngd_blocks, world=world)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                nesterov=cfg.nesterov)

@@ -4,7 +4,7 @@ BN-only ResNet-32 trains 2,272 numbers, few enough to hold their curvature as a 
 This optimizer keeps an exponential moving average of the Fisher matrix of those parameters, built
 from per-sample gradients that the ordinary backward pass already holds, and steps along
 
-    d = (F + λI)^(-p) g        (p = 1: natural gradient; p = 1/2: full-matrix RMSprop/AdaGrad)
+    d = m^p (F + λ m I)^(-p) g   (m = trace(F) / size; p = 1: natural gradient; p = 1/2: full-matrix RMSprop)
 
 with momentum on d. λ (Levenberg–Marquardt damping) adapts to the ratio of the loss reduction a step
 achieved on its own batch to the reduction the quadratic model 0.5 sᵀFs + gᵀs predicted.
@@ -12,7 +12,7 @@ achieved on its own batch to the reduction the quadratic model 0.5 sᵀFs + gᵀ
 Per-sample gradients: for a BatchNorm layer y = γ x̂ + β, sample n's part of the batch gradient is
 Σ_hw x̂[n]·∂L/∂y[n] for γ and Σ_hw ∂L/∂y[n] for β. A forward hook on each layer keeps its input (which
 autograd keeps anyway) and puts a hook on its output; during a backward inside `collecting()` that hook
-computes x̂ again from the input and stores the (N, C, 2) per-sample gradients. The Fisher is then
+forms the (N, C, 2) per-sample gradients from the input's batch statistics and the output's gradient. The Fisher is then
 empirical (the backward of the batch's own labels) or sampled (a backward of labels drawn from the
 model's own predictions, which the engine runs first; see training/ngd_step.py).
 
@@ -70,7 +70,7 @@ class NaturalGradient(torch.optim.Optimizer):
     a closure); power: 1 (natural gradient) or 0.5 (inverse square root); blocks: see BLOCKS.
     """
 
-    def __init__(self, params, modules, lr=1.0, momentum=0.9, weight_decay=0.0, damping=1e-3, ema=0.95,
+    def __init__(self, params, modules, lr=1.0, momentum=0.9, weight_decay=0.0, damping=1.0, ema=0.95,
                  refresh=10, power=1.0, blocks="auto", world: World = World()):
         if blocks not in BLOCKS:
             raise ValueError(f"unknown curvature blocks: {blocks}")
@@ -166,8 +166,8 @@ class NaturalGradient(torch.optim.Optimizer):
         saved = [i for g in state_dict["param_groups"] for i in g["params"]]
         position = next(i for i, p in enumerate(mine) if p is self.modules[0].weight)
         device = self.modules[0].weight.device
-        for key, value in state_dict["state"].get(saved[position], {}).items():
-            self.state[self.modules[0].weight][key] = value.to(device, copy=True)
+        for key, value in state_dict["state"].get(saved[position], {}).items():  # counters stay on the CPU
+            self.state[self.modules[0].weight][key] = value.clone() if value.dim() == 0 else value.to(device, copy=True)
 
     def _block_shapes(self) -> list:
         if self.blocks == "full":
@@ -248,8 +248,8 @@ class NaturalGradient(torch.optim.Optimizer):
         decay = {id(p): g["weight_decay"] for g in self.param_groups for p in g["params"]}
         group = self.param_groups[0]
         raw = self._module_vectors(lambda p: p.grad if p.grad is not None else torch.zeros_like(p))
-        grads = self._module_vectors(lambda p: (p.grad if p.grad is not None else torch.zeros_like(p))
-                                     + decay[id(p)] * p)
+        grads = [r + torch.stack((decay[id(m.weight)] * m.weight, decay[id(m.bias)] * m.bias), dim=1)
+                 for r, m in zip(raw, self.modules)]
         if len(self._samples) == len(self.modules):
             self._add_batch_fisher(state)
         self._samples.clear()
