@@ -37,6 +37,8 @@ TRAINABLE = ("all", "bn", "bn+fc", "fc", "none", "random")
 PHASE_MODES = ("all", "bn", "bn+fc", "fc", "none")  # random draws its entries once, so it cannot be a later phase
 BN_INITS = ("uniform", "ones", "normal", "signed")
 OPTIMIZERS = ("sgd", "lbfgs", "adam", "adamw", "rmsprop", "adagrad", "nadam", "radam", "ngd")
+PHASE_OPTIMIZERS = tuple(o for o in OPTIMIZERS if o != "lbfgs")  # L-BFGS's batches and steps are the whole run's
+ADAM_FAMILY = ("adam", "adamw", "nadam", "radam")  # the optimizers that take --betas
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 # used when --lr is not given: the classic CIFAR ResNet value for SGD, torch.optim's defaults otherwise
@@ -148,8 +150,8 @@ def float_list(text, length: int) -> list:
 
 
 def phase_list(text) -> list:
-    """Parse 'bn:5,all:155' (or a config file's list of such items or of [mode, epochs] pairs) into
-    [[mode, epochs], ...]."""
+    """Parse 'bn:5,all:155' or 'bn:3:ngd:1.6,all:27:sgd' (or a config file's list of such items or of
+    [mode, epochs(, optimizer(, lr))] lists) into [[mode, epochs(, optimizer(, lr))], ...]."""
     items = text if isinstance(text, (list, tuple)) else str(text).replace(" ", "").split(",")
     phases = []
     for item in items:
@@ -158,16 +160,43 @@ def phase_list(text) -> list:
             mode, epochs = str(parts[0]), parts[1]
             if isinstance(epochs, str) and epochs.isdigit():
                 epochs = int(epochs)
-            if len(parts) != 2 or mode not in PHASE_MODES or type(epochs) is not int or epochs < 1:
+            if not 2 <= len(parts) <= 4 or mode not in PHASE_MODES or type(epochs) is not int or epochs < 1:
                 raise ValueError
+            own = [str(parts[2])] if len(parts) > 2 else []  # the phase's optimizer, then its lr
+            if own and own[0] not in PHASE_OPTIMIZERS:
+                raise ValueError
+            if len(parts) == 4:
+                own.append(float(parts[3]))
+                if not (math.isfinite(own[1]) and own[1] > 0):
+                    raise ValueError
         except (ValueError, IndexError, TypeError):
             raise argparse.ArgumentTypeError(
-                f"expected MODE:EPOCHS,... with MODE one of {'/'.join(PHASE_MODES)} and EPOCHS >= 1, "
-                f"e.g. bn:5,all:155; got {text!r}") from None
-        phases.append([mode, epochs])
+                f"expected MODE:EPOCHS[:OPTIMIZER[:LR]],... with MODE one of {'/'.join(PHASE_MODES)}, EPOCHS >= 1, "
+                f"OPTIMIZER one of {'/'.join(PHASE_OPTIMIZERS)} and LR above 0, e.g. bn:5,all:155 or "
+                f"bn:3:ngd:1.6,all:27:sgd:0.1; got {text!r}") from None
+        phases.append([mode, epochs, *own])
     if not phases:
         raise argparse.ArgumentTypeError(f"expected at least one MODE:EPOCHS phase, got {text!r}")
     return phases
+
+
+def phase_settings(cfg, index: int):
+    """The settings that phase `index` of --phases trains with: `cfg` itself, or a copy with the phase's
+    own optimizer and lr where it names them (an optimizer other than --optimizer, named without an lr,
+    takes that optimizer's default lr)."""
+    phase = cfg.phases[index] if cfg.phases else ()
+    if len(phase) < 3:
+        return cfg
+    optimizer = phase[2]
+    lr = phase[3] if len(phase) > 3 else cfg.lr if optimizer == cfg.optimizer else DEFAULT_LR[optimizer]
+    return dataclasses.replace(cfg, optimizer=optimizer, lr=lr, use_lbfgs=False)
+
+
+def run_optimizers(cfg) -> set:
+    """Every optimizer the run trains with: --optimizer's, or those of its --phases."""
+    if not cfg.phases:
+        return {cfg.optimizer}
+    return {phase_settings(cfg, index).optimizer for index in range(len(cfg.phases))}
 
 
 def default_milestones(epochs: int) -> list:
@@ -180,7 +209,7 @@ def phase_at(cfg, epoch: int) -> tuple:
     phase of its -t mode (epochs past the end count to the last phase)."""
     phases = cfg.phases or [[cfg.trainable, cfg.epochs]]
     end = 0
-    for index, (mode, epochs) in enumerate(phases):
+    for index, (mode, epochs, *_) in enumerate(phases):
         end += epochs
         if epoch <= end or index == len(phases) - 1:
             return index, mode, epochs
@@ -212,8 +241,10 @@ class Config:  # in the order of SECTIONS
         "-t", choices=TRAINABLE))
     phases: Optional[list] = field(default=None, metadata=_flag(
         "train in phases instead of one -t mode, e.g. bn:5,all:155 (5 BN-only epochs, then 155 of full "
-        "training); the optimizer and the schedule start afresh in each phase; --epochs is their sum",
-        type=phase_list, metavar="MODE:EPOCHS,..."))
+        "training); the optimizer and the schedule start afresh in each phase; --epochs is their sum. A phase "
+        "may name its own optimizer and lr, e.g. bn:3:ngd:1.6,all:27:sgd:0.1 (without an lr: --lr for "
+        "--optimizer's, the optimizer's default lr for another; not lbfgs)",
+        type=phase_list, metavar="MODE:EPOCHS[:OPTIMIZER[:LR]],..."))
     bn_init: str = field(default="uniform", metadata=_flag(
         "BatchNorm gamma init: uniform U[0,1), ones, normal N(0,1) or signed U[-1,1); beta = 0 (for every "
         "model, torchvision's too, after its own init)",
@@ -563,7 +594,7 @@ def resolve(cfg: Config, given: set) -> Config:
     if cfg.bn_recalibrate is None:
         cfg.bn_recalibrate = 0 if cfg.dataset in STREAMED_DATASETS else DEFAULT_BN_RECALIBRATE.get(cfg.optimizer, 0)
     if cfg.phases:
-        total = sum(epochs for _, epochs in cfg.phases)
+        total = sum(phase[1] for phase in cfg.phases)
         if "trainable" in given and cfg.trainable != cfg.phases[0][0]:
             raise ConfigError("--phases sets what trains in each phase; drop -t/--trainable")
         if "epochs" in given and cfg.epochs != total:
@@ -572,6 +603,9 @@ def resolve(cfg: Config, given: set) -> Config:
         if "milestones" in given:
             raise ConfigError("--milestones cannot be combined with --phases: each phase's multistep schedule "
                               "drops at 50 % and 75 % of its own epochs")
+        if cfg.optimizer == "lbfgs" and any(len(phase) > 2 for phase in cfg.phases):
+            raise ConfigError("--optimizer lbfgs trains every phase (its batches and steps are the whole run's): "
+                              "drop the phases' own optimizers, or use another --optimizer")
         cfg.epochs, cfg.trainable = total, cfg.phases[0][0]
     if cfg.dataset == "imagenet":  # after the phases: its warm-up and milestones follow the epochs
         imagenet_recipe(cfg)
@@ -589,7 +623,7 @@ def imagenet_recipe(cfg: Config) -> None:
     8/9 of them (5 and 30, 60, 80 of 90), lr 0.4 per 1,024 images of global batch (-b times the processes
     under torchrun, from WORLD_SIZE), 224-pixel crops."""
     if cfg.warmup_epochs is None:
-        shortest = min(epochs for _, epochs in cfg.phases) if cfg.phases else cfg.epochs
+        shortest = min(phase[1] for phase in cfg.phases) if cfg.phases else cfg.epochs
         cfg.warmup_epochs = round(shortest * IMAGENET_RECIPE["warmup_fraction"])
     if cfg.image_size is None:
         cfg.image_size = IMAGENET_RECIPE["image_size"]
@@ -615,7 +649,7 @@ def validate(cfg: Config, given=frozenset()) -> None:
     validate_lbfgs(cfg, require)
     validate_audio(cfg, require, given)
     require(cfg.lbfgs_chunk_size >= 0, f"--lbfgs-chunk-size must be 0 or more, got {cfg.lbfgs_chunk_size}")
-    shortest = min(epochs for _, epochs in cfg.phases) if cfg.phases else cfg.epochs
+    shortest = min(phase[1] for phase in cfg.phases) if cfg.phases else cfg.epochs
     require(0 <= cfg.warmup_epochs < shortest, f"--warmup-epochs must be at least 0 and below the "
             f"{'shortest phase' if cfg.phases else 'epochs'} ({shortest}), got {cfg.warmup_epochs}")
     require(0 <= cfg.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
@@ -637,18 +671,19 @@ def validate(cfg: Config, given=frozenset()) -> None:
     for name in ("momentum", "weight_decay"):
         value = getattr(cfg, name)
         require(math.isfinite(value) and value >= 0, f"--{name.replace('_', '-')} must be finite and >= 0, got {value}")
-    require(not cfg.nesterov or (cfg.optimizer == "sgd" and cfg.momentum > 0),
+    used = run_optimizers(cfg)
+    named = "/".join(sorted(used))
+    require(not cfg.nesterov or ("sgd" in used and cfg.momentum > 0),
             "--nesterov needs --optimizer sgd and --momentum above 0")
-    require(cfg.betas is None or cfg.optimizer in ("adam", "adamw", "nadam", "radam"),
-            f"--betas is for adam, adamw, nadam and radam, not {cfg.optimizer}")
-    require(cfg.eps is None or cfg.optimizer not in ("sgd", "lbfgs"), f"--eps is not a setting of {cfg.optimizer}")
+    require(cfg.betas is None or used & set(ADAM_FAMILY), f"--betas is for {', '.join(ADAM_FAMILY)}, not {named}")
+    require(cfg.eps is None or used - {"sgd", "lbfgs", "ngd"}, f"--eps is not a setting of {named}")
     require(cfg.betas is None or all(0 <= b < 1 for b in cfg.betas),
             f"--betas must be two numbers in [0, 1), got {cfg.betas}")
     require(cfg.eps is None or (math.isfinite(cfg.eps) and cfg.eps > 0), f"--eps must be above 0, got {cfg.eps}")
     if cfg.schedule == "multistep" and cfg.milestones is not None:
         require(all(m >= 1 for m in cfg.milestones) and cfg.milestones == sorted(cfg.milestones),
                 f"--milestones must be increasing epochs >= 1, got {cfg.milestones}")
-    if cfg.optimizer == "ngd":
+    if "ngd" in used:
         validate_ngd(cfg, require)
     require(not (cfg.precision == "fp16" and cfg.optimizer == "lbfgs"),
             "--precision fp16 needs loss scaling, which L-BFGS's line search cannot use; use --precision bf16 or fp32")
@@ -664,8 +699,10 @@ def validate(cfg: Config, given=frozenset()) -> None:
 
 def validate_ngd(cfg: Config, require) -> None:
     """--optimizer ngd's settings, and what it cannot be combined with."""
-    modes = {mode for mode, _ in cfg.phases} if cfg.phases else {cfg.trainable}
-    require(modes == {"bn"}, "--optimizer ngd trains BatchNorm's gamma and beta only: use -t bn (or phases of bn)")
+    modes = {phase[0] for index, phase in enumerate(cfg.phases) if phase_settings(cfg, index).optimizer == "ngd"} \
+        if cfg.phases else {cfg.trainable}
+    require(modes == {"bn"}, "--optimizer ngd trains BatchNorm's gamma and beta only: use -t bn (or give it "
+            "phases of bn)")
     require(cfg.precision != "fp16", "--optimizer ngd cannot use fp16's loss scaling; use --precision bf16 or fp32")
     require(not cfg.compile, "--optimizer ngd reads per-sample gradients through hooks that --compile would "
             "not keep; leave --compile off")

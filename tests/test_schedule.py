@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import REPO, TINY, assert_one_line_error, read_csv, run_train, without_timings
-from bnonly.config import ConfigError, parse_args, phase_at
+from bnonly.config import ConfigError, parse_args, phase_at, phase_settings
 from bnonly.optim.factories import build_optimizer, build_scheduler, lr_factor
 
 
@@ -70,6 +70,24 @@ def test_phases_parse_and_set_epochs():
     assert lrs(["--phases", "bn:2,all:4"], epochs=4) == pytest.approx([0.1, 0.1, 0.01, 0.001])
 
 
+def test_a_phase_may_name_its_own_optimizer_and_lr():
+    cfg = parse_args(["--phases", "bn:3:ngd:1.6,all:27:sgd", "--lr", "0.05"])[0]
+    assert cfg.phases == [["bn", 3, "ngd", 1.6], ["all", 27, "sgd"]] and cfg.epochs == 30
+    first, second = phase_settings(cfg, 0), phase_settings(cfg, 1)
+    assert (first.optimizer, first.lr, second.optimizer, second.lr) == ("ngd", 1.6, "sgd", 0.05)
+    assert cfg.optimizer == "sgd" and cfg.lr == 0.05  # the run's own settings are left as given
+    # another optimizer than --optimizer, named without an lr, takes its own default; a phase naming none
+    # trains with --optimizer and --lr
+    cfg = parse_args(["--optimizer", "adam", "--phases", "bn:2:sgd,all:2"])[0]
+    assert [(phase_settings(cfg, i).optimizer, phase_settings(cfg, i).lr) for i in (0, 1)] == [
+        ("sgd", 0.1), ("adam", 1e-3)]
+    assert phase_settings(cfg, 1) is cfg
+    # each phase's schedule runs at that phase's lr
+    settings = phase_settings(parse_args(["--phases", "bn:2:sgd:0.4,all:2:sgd:0.02"])[0], 0)  # multistep: x0.1 at 1
+    optimizer = build_optimizer(settings, [torch.nn.Parameter(torch.zeros(1))])
+    assert stepped_lrs(optimizer, build_scheduler(settings, optimizer, 2), 2) == pytest.approx([0.4, 0.04])
+
+
 @pytest.mark.parametrize("args,words", [
     (["--phases", "bn:5,all"], ["--phases", "MODE:EPOCHS"]),
     (["--phases", "bn:0"], ["--phases", "EPOCHS >= 1"]),
@@ -80,6 +98,13 @@ def test_phases_parse_and_set_epochs():
     (["--warmup-epochs", "3", "--epochs", "3"], ["--warmup-epochs", "3"]),
     (["--warmup-epochs", "2", "--phases", "bn:2,all:8"], ["--warmup-epochs", "shortest phase"]),
     (["--warmup-epochs", "-1"], ["--warmup-epochs"]),
+    (["--phases", "bn:2:lbfgs,all:2"], ["--phases", "OPTIMIZER"]),
+    (["--phases", "bn:2:sgd:0,all:2"], ["--phases", "LR above 0"]),
+    (["--phases", "bn:2:sgd:fast,all:2"], ["--phases", "LR"]),
+    (["--phases", "bn:2:sgd:0.1:9,all:2"], ["--phases", "MODE:EPOCHS[:OPTIMIZER[:LR]]"]),
+    (["--phases", "bn:2:sgd,all:2", "--use-lbfgs", "true"], ["--optimizer lbfgs", "phases"]),
+    (["--phases", "bn:2:sgd,all:2:rmsprop", "--betas", "0.9,0.99"], ["--betas", "rmsprop/sgd"]),
+    (["--phases", "bn:2,all:2:ngd"], ["ngd", "-t bn"]),
 ])
 def test_bad_phase_and_warmup_settings_are_one_line_errors(args, words):
     with pytest.raises((ConfigError, SystemExit)):
@@ -101,9 +126,22 @@ def test_phases_switch_training_and_record_the_phase(tmp_path):
     assert torch.load(folder / "checkpoint.pt", weights_only=True)["phase"] == 1
 
 
-@pytest.mark.parametrize("stop_epoch", [2, pytest.param(3, marks=pytest.mark.slow)])  # at the switch, or after it
-def test_resume_across_phases_matches_the_uninterrupted_run(tmp_path, stop_epoch):
-    args = [*TINY, "--phases", "bn:1,all:3", "--val-split", "64", "--optimizer", "adam"]
+def test_ngd_pre_training_then_sgd_on_everything(tmp_path):
+    """The warm start of issue 29: BN-only natural gradient, then every weight with SGD, in one run."""
+    folder = tmp_path / "warm"
+    result = run_train(*TINY, "--phases", "bn:1:ngd:0.4,all:2:sgd:0.05", "--val-split", "64", "--schedule", "constant",
+                       "--save-dir", folder)
+    assert result.returncode == 0, result.stderr
+    rows = read_csv(folder / "history.csv")
+    assert [(r["phase"], float(r["lr"])) for r in rows] == [("bn", 0.4), ("all", 0.05), ("all", 0.05)]
+    assert "ngd, 256 training images" in result.stdout and "new sgd optimizer (lr 0.05)" in result.stdout
+    saved = torch.load(folder / "checkpoint.pt", weights_only=True)
+    assert saved["phase"] == 1 and all("momentum_buffer" in s for s in saved["optimizer"]["state"].values())
+    assert len(saved["optimizer"]["state"]) > 2 * 19  # SGD's, over every weight, not ngd's over BN's gamma/beta
+
+
+def assert_resumed_run_matches_the_uninterrupted_one(tmp_path, args, stop_epoch):
+    """A run stopped after epoch stop_epoch - 1 and resumed writes the history of the run never stopped."""
     straight = run_train(*args, "--save-dir", tmp_path / "straight")
     assert straight.returncode == 0, straight.stderr
     env = {**os.environ, "BN_ONLY_INJECT_NAN": f"{stop_epoch}:1"}  # a NaN ends the run after epoch stop - 1
@@ -115,6 +153,18 @@ def test_resume_across_phases_matches_the_uninterrupted_run(tmp_path, stop_epoch
     assert resumed.returncode == 0, resumed.stderr
     assert without_timings(read_csv(tmp_path / "split" / "history.csv")) == without_timings(
         read_csv(tmp_path / "straight" / "history.csv"))
+
+
+@pytest.mark.parametrize("stop_epoch", [2, pytest.param(3, marks=pytest.mark.slow)])  # in phase 1, at the switch
+def test_resume_across_an_optimizer_switch_matches_the_uninterrupted_run(tmp_path, stop_epoch):
+    assert_resumed_run_matches_the_uninterrupted_one(
+        tmp_path, [*TINY, "--phases", "bn:2:ngd:0.4,all:1:sgd:0.05", "--val-split", "64"], stop_epoch)
+
+
+@pytest.mark.parametrize("stop_epoch", [2, pytest.param(3, marks=pytest.mark.slow)])  # at the switch, or after it
+def test_resume_across_phases_matches_the_uninterrupted_run(tmp_path, stop_epoch):
+    assert_resumed_run_matches_the_uninterrupted_one(
+        tmp_path, [*TINY, "--phases", "bn:1,all:3", "--val-split", "64", "--optimizer", "adam"], stop_epoch)
 
 
 def test_a_checkpoint_from_before_lambdalr_resumes_at_its_position():

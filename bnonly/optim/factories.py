@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from bnonly.config import default_milestones
+from bnonly.config import ADAM_FAMILY, default_milestones
 from bnonly.distributed import World
 from bnonly.models.freezing import is_batchnorm
 from bnonly.optim.natural_gradient import NaturalGradient
@@ -50,7 +50,7 @@ def build_optimizer(cfg, params: list, no_decay=(), model=None, world: World = W
     options = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}  # AdamW decouples it; the others add it to the gradient
     if cfg.eps is not None:
         options["eps"] = cfg.eps
-    if cfg.betas is not None:  # validate() allows it only for the Adam family
+    if cfg.betas is not None and cfg.optimizer in ADAM_FAMILY:  # not for a --phases phase of rmsprop, say
         options["betas"] = tuple(cfg.betas)
     return adaptive[cfg.optimizer](groups, **options)
 

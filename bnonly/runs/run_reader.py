@@ -129,7 +129,7 @@ def with_defaults(config):
         config["precision"] = config["resolved_precision"]
     config.setdefault("world_size", 1)  # runs from before torchrun support had one process
     if config.get("phases"):
-        config["trainable"] = ",".join(f"{mode}:{epochs}" for mode, epochs in config["phases"])
+        config["trainable"] = ",".join(":".join(map(str, phase)) for phase in config["phases"])
     if config.get("optimizer") == "lbfgs" and config["lbfgs_variant"] != "torch":  # another algorithm
         config["optimizer"] = f"lbfgs-{config['lbfgs_variant']}"
     if not str(config.get("optimizer")).startswith("lbfgs"):  # settings it never used: runs made before and

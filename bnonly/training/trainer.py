@@ -23,7 +23,7 @@ import torch
 from bnonly import distributed
 from bnonly.runs.analysis import gamma_stats
 from bnonly.distributed import World, any_rank, broadcast_value, world_from_env
-from bnonly.config import STREAMED_DATASETS, Config, ConfigError, fail, parse_args, phase_at, to_dict
+from bnonly.config import STREAMED_DATASETS, Config, ConfigError, fail, parse_args, phase_at, phase_settings, to_dict
 from bnonly.data.datasets import input_pipeline, is_audio, load_dataset
 from bnonly.training.compute import NATIVE_CPU_FLAGS, Compute, resolve_precision
 from bnonly.optim.factories import build_optimizer, build_scheduler
@@ -224,7 +224,8 @@ def build_experiment(cfg: Config, device: torch.device, checkpoint, world: World
         distributed.convert_sync_batchnorm(model, device)
     start_epoch = checkpoint["epoch"] + 1 if checkpoint is not None else 1
     phase, mode, epochs = phase_at(cfg, start_epoch)
-    params, no_decay, optimizer, scheduler = setup_phase(cfg, model, mode, epochs, world)  # before load_state_dict
+    params, no_decay, optimizer, scheduler = setup_phase(phase_settings(cfg, phase), model, mode, epochs,
+                                                         world)  # before load_state_dict
     scaler = compute.grad_scaler()
     normalization = {"mean": list(dataset.mean), "std": list(dataset.std)}
     history, progress = [], None
@@ -262,7 +263,7 @@ def new_model(cfg: Config, num_classes: int, checkpoint, world: World) -> torch.
             raise ConfigError(f"--init-from {cfg.init_from}: {e}") from None
         for note in notes if world.main else ():
             print(f"note: --init-from {cfg.init_from}: {note}", file=sys.stderr)
-    for mode in dict.fromkeys(mode for mode, _ in cfg.phases or [[cfg.trainable, cfg.epochs]]):
+    for mode in dict.fromkeys(phase[0] for phase in cfg.phases or [[cfg.trainable, cfg.epochs]]):
         if untrainable(model, mode):
             raise ConfigError(f"{'--phases' if cfg.phases else '-t'} {mode}: {cfg.arch} {untrainable(model, mode)}, "
                               f"so {mode} would train nothing; choose another model or mode")
@@ -296,13 +297,15 @@ def enter_phase(cfg: Config, ex: Experiment, epoch: int) -> None:
     index, mode, epochs = phase_at(cfg, epoch)
     if index == ex.phase:
         return
-    ex.params, ex.no_decay, ex.optimizer, ex.scheduler = setup_phase(cfg, ex.model, mode, epochs, ex.world,
+    settings = phase_settings(cfg, index)
+    ex.params, ex.no_decay, ex.optimizer, ex.scheduler = setup_phase(settings, ex.model, mode, epochs, ex.world,
                                                                      ex.optimizer)
     ex.train_model = distributed.wrap(ex.model, ex.world, ex.compute.device)  # DDP follows requires_grad
     ex.phase = index
     if ex.world.main:
         print(f"phase {index + 1}/{len(cfg.phases)} from epoch {epoch}: {mode} for {epochs} epochs, "
-              f"{sum(p.numel() for p in ex.params):,} parameters trainable, new {cfg.optimizer} optimizer and "
+              f"{sum(p.numel() for p in ex.params):,} parameters trainable, new {settings.optimizer} optimizer "
+              f"(lr {settings.lr:g}) and "
               f"schedule", flush=True)
 
 
@@ -316,7 +319,7 @@ def train(cfg: Config, ex: Experiment, device: torch.device) -> int:
     mode = phase_at(cfg, ex.start_epoch)[1] + (f", phase {ex.phase + 1} of {len(cfg.phases)}" if cfg.phases else "")
     processes = f", {world.size} processes x batch {cfg.batch_size}" if world.active else ""
     say(f"{cfg.arch} x{cfg.width}: {trainable:,} of {total:,} parameters trainable ({mode}), "
-        f"{cfg.optimizer}, {len(ex.splits['train'].labels):,} training {'clips' if is_audio(cfg) else 'images'}, device {device}{processes} "
+        f"{phase_settings(cfg, ex.phase).optimizer}, {len(ex.splits['train'].labels):,} training {'clips' if is_audio(cfg) else 'images'}, device {device}{processes} "
         f"({ex.compute.precision}{', channels-last' if cfg.channels_last and not is_audio(cfg) else ''}), "
         f"run folder {cfg.save_dir}", flush=True)
     if "test" not in ex.splits and "val" not in ex.splits:
@@ -365,7 +368,7 @@ def train(cfg: Config, ex: Experiment, device: torch.device) -> int:
                                      f"in epoch {epoch} after batch {progress['step']}", world)
 
             enter_phase(cfg, ex, epoch)
-            row = run_epoch(epoch, cfg, ex, after_step)
+            row = run_epoch(epoch, phase_settings(cfg, ex.phase), ex, after_step)
             say(epoch_line(row, cfg.epochs), flush=True)
             if not np.isfinite(row["train_loss"]):
                 raise TrainingDiverged(f"the training loss is not finite at epoch {epoch}")
