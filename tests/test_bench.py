@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from bnonly.benchmarks import image_bench as bench
+from bnonly.benchmarks import optimizer_bench
 from bnonly.training import compute
 
 
@@ -129,3 +130,21 @@ def test_main_interleaves_rounds_and_leaves_an_emulated_bf16_out(monkeypatch, ca
     assert any("bf16" in row for row in rows) != emulated
     assert emulated or "| bn | train.py --precision bf16 | 1000 | 5.00x (5.00-5.00) |" in out
     assert "bn, round 2: classic recipe 200 img/s; train.py 500 img/s" in out
+
+
+def test_optimizer_bench_times_sgd_and_the_chosen_rows(capsys):
+    assert optimizer_bench.main(["-a", "resnet8", "-b", "4", "--rounds", "1", "--steps", "50", "--warmup", "0",
+                                 "--only", "refresh 50"]) == 0
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    names = [cells[0].strip() for cells in rows[1:]]  # after the header row
+    assert names == ["sgd", "ngd --ngd-power 0.5 --ngd-refresh 50"]
+    assert rows[1][2].strip() == "1.00" and float(rows[2][1]) > 0
+
+
+def test_optimizer_bench_refuses_what_it_cannot_time_fairly(capsys):
+    assert optimizer_bench.main(["--only", "lion"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "bench_optimizers.py: error: --only 'lion' matches no optimizer row"]
+    assert optimizer_bench.main(["--only", "refresh 50", "--steps", "20"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "not a multiple of" in error[0] and "refresh 50" in error[0]

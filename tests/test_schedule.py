@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from conftest import REPO, TINY, assert_one_line_error, read_csv, run_train, without_timings
-from bnonly.config import ConfigError, parse_args, phase_at, phase_settings
+from bnonly.config import ConfigError, parse_args
+from bnonly.phases import phase_at, phase_settings
 from bnonly.optim.factories import build_optimizer, build_scheduler, lr_factor
 
 

@@ -5,7 +5,7 @@ import shutil
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from bnonly import config
+from bnonly import validation
 from bnonly.training import trainer as train
 from conftest import TINY, read_csv
 
@@ -53,8 +53,8 @@ def test_events_equal_history_and_a_resume_writes_no_step_twice(tmp_path):
 
 
 def test_tensorboard_without_the_package_is_a_one_line_error(tmp_path, monkeypatch, capsys):
-    find_spec = config.importlib.util.find_spec
-    monkeypatch.setattr(config.importlib.util, "find_spec",
+    find_spec = validation.importlib.util.find_spec
+    monkeypatch.setattr(validation.importlib.util, "find_spec",
                         lambda name, *args: None if name == "tensorboard" else find_spec(name, *args))
     with pytest.raises(SystemExit) as stop:
         train.main([*TINY, "-t", "bn", "--epochs", "1", "--tensorboard", "--save-dir", str(tmp_path / "run")])

@@ -3,7 +3,9 @@
 every one alike; each cell is the median over rounds of the mean step over `--steps` steps (a multiple of
 ngd's --ngd-refresh, so its factorisations are counted at their rate), after `--warmup` steps.
 
-    python bench_optimizers.py [--device cpu] [--rounds 3] [--steps 20]
+    python bench_optimizers.py [--device cpu] [--rounds 3] [--steps 50] [--only "power 0.5"]
+
+--only keeps SGD (the reference) and the rows whose name contains one of its comma-separated parts.
 """
 
 import argparse
@@ -30,6 +32,7 @@ OPTIMIZERS = [
     ("ngd (empirical Fisher)", ["--optimizer", "ngd"]),
     ("ngd (sampled Fisher)", ["--optimizer", "ngd", "--ngd-fisher", "sampled"]),
     ("ngd --ngd-power 0.5", ["--optimizer", "ngd", "--ngd-power", "0.5"]),
+    ("ngd --ngd-power 0.5 --ngd-refresh 50", ["--optimizer", "ngd", "--ngd-power", "0.5", "--ngd-refresh", "50"]),
 ]
 
 
@@ -56,13 +59,28 @@ def main(argv=None) -> int:
     parser.add_argument("-a", "--arch", default="resnet32", help="model (default resnet32)")
     parser.add_argument("-b", "--batch-size", type=int, default=128, help="images per step (default 128)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per optimizer and round (default 20)")
+    parser.add_argument("--steps", type=int, default=50, help="timed steps per optimizer and round, a multiple of "
+                        "every timed row's --ngd-refresh (default 50)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
+    parser.add_argument("--only", default="", help="comma-separated parts of row names to time beside SGD "
+                        "(default: every row)")
     args = parser.parse_args(argv)
     device = bench_device(args.device, "bench_optimizers.py")
     if device is None:
         return 2
-    steps = {name: make_step(flags, args.arch, args.batch_size, device) for name, flags in OPTIMIZERS}
+    wanted = [part.strip() for part in args.only.split(",") if part.strip()]
+    rows = [(name, flags) for name, flags in OPTIMIZERS
+            if name == "sgd" or not wanted or any(part in name for part in wanted)]
+    if len(rows) == 1 and wanted:
+        print(f"bench_optimizers.py: error: --only {args.only!r} matches no optimizer row", file=sys.stderr)
+        return 2
+    for name, flags in rows:
+        refresh = parse_args(["-t", "bn", *flags])[0].ngd_refresh
+        if "ngd" in flags and args.steps % refresh:
+            print(f"bench_optimizers.py: error: --steps {args.steps} is not a multiple of {name!r}'s refresh {refresh}, "
+                  "so its factorisations would not be counted at their rate", file=sys.stderr)
+            return 2
+    steps = {name: make_step(flags, args.arch, args.batch_size, device) for name, flags in rows}
     for step in steps.values():
         for _ in range(args.warmup):
             step()
@@ -75,7 +93,7 @@ def main(argv=None) -> int:
                 step()
             synchronize(device)
             times[name].append((time.perf_counter() - start) / args.steps)
-    print(f"{machine(device)}, torch {torch.__version__}, {torch.get_num_threads()} threads; BN-only {args.arch}, "
+    print(f"{machine(device)}; BN-only {args.arch}, "
           f"batch {args.batch_size}, fp32; median of {args.rounds} rounds of {args.steps} steps\n")
     sgd = statistics.median(times["sgd"])
     rows = [[name, f"{1000 * statistics.median(t):.1f}", f"{statistics.median(t) / sgd:.2f}"]

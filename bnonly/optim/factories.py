@@ -6,11 +6,12 @@ import math
 
 import torch
 
-from bnonly.config import ADAM_FAMILY, default_milestones
+from bnonly.choices import ADAM_FAMILY
 from bnonly.distributed import World
 from bnonly.models.freezing import is_batchnorm
 from bnonly.optim.natural_gradient import NaturalGradient
 from bnonly.optim.quasi_newton import StochasticLBFGS
+from bnonly.phases import default_milestones
 
 
 def build_optimizer(cfg, params: list, no_decay=(), model=None, world: World = World()):

@@ -30,6 +30,7 @@ import sys
 import time
 
 from bnonly import ROOT, config
+from bnonly.choices import FOLDER_DATASETS
 from bnonly.stopping import GracefulStop
 
 # set by the sweep for every run, so a grid may not
@@ -182,7 +183,7 @@ def check_runs(runs: list, states: dict) -> None:
         except config.ConfigError as e:
             raise SweepError(f"run {run.name}: {e}") from None
         train = os.path.join(os.path.expanduser(cfg.data_dir), "train")
-        if cfg.dataset in config.FOLDER_DATASETS and not os.path.isdir(train):
+        if cfg.dataset in FOLDER_DATASETS and not os.path.isdir(train):
             raise SweepError(f"run {run.name}: no folder {train}; --dataset {cfg.dataset} needs "
                              f"DATA_DIR/train/<class>/ (--set data_dir=...)")
 

@@ -23,7 +23,8 @@ import torch
 from bnonly import distributed
 from bnonly.runs.analysis import gamma_stats
 from bnonly.distributed import World, any_rank, broadcast_value, world_from_env
-from bnonly.config import STREAMED_DATASETS, Config, ConfigError, fail, parse_args, phase_at, phase_settings, to_dict
+from bnonly.config import STREAMED_DATASETS, Config, ConfigError, fail, parse_args, to_dict
+from bnonly.phases import phase_at, phase_settings
 from bnonly.data.datasets import input_pipeline, is_audio, load_dataset
 from bnonly.training.compute import NATIVE_CPU_FLAGS, Compute, resolve_precision
 from bnonly.optim.factories import build_optimizer, build_scheduler
