@@ -36,9 +36,14 @@ OPTIMIZERS = [
 ]
 
 
-def make_step(flags: list, arch: str, batch: int, device: torch.device):
-    """A function doing one training step of the optimizer `flags` name, on a fixed random batch."""
-    cfg = parse_args(["-t", "bn", "-a", arch, "-b", str(batch), "--precision", "fp32", *flags])[0]
+def row_config(flags: list, arch: str, batch: int):
+    """The settings of one row: a BN-only run of `arch` with batch `batch` and the optimizer `flags` name."""
+    return parse_args(["-t", "bn", "-a", arch, "-b", str(batch), "--precision", "fp32", *flags])[0]
+
+
+def make_step(cfg, device: torch.device):
+    """A function doing one training step of `cfg`'s optimizer, on a fixed random batch."""
+    arch, batch = cfg.arch, cfg.batch_size
     compute = Compute(device, "fp32", True)
     torch.manual_seed(0)
     model = compute.place(build_model(arch, 10))
@@ -74,13 +79,13 @@ def main(argv=None) -> int:
     if len(rows) == 1 and wanted:
         print(f"bench_optimizers.py: error: --only {args.only!r} matches no optimizer row", file=sys.stderr)
         return 2
-    for name, flags in rows:
-        refresh = parse_args(["-t", "bn", *flags])[0].ngd_refresh
-        if "ngd" in flags and args.steps % refresh:
-            print(f"bench_optimizers.py: error: --steps {args.steps} is not a multiple of {name!r}'s refresh {refresh}, "
-                  "so its factorisations would not be counted at their rate", file=sys.stderr)
+    configs = {name: row_config(flags, args.arch, args.batch_size) for name, flags in rows}
+    for name, cfg in configs.items():
+        if cfg.optimizer == "ngd" and args.steps % cfg.ngd_refresh:
+            print(f"bench_optimizers.py: error: --steps {args.steps} is not a multiple of {name!r}'s refresh "
+                  f"{cfg.ngd_refresh}, so its factorisations would not be counted at their rate", file=sys.stderr)
             return 2
-    steps = {name: make_step(flags, args.arch, args.batch_size, device) for name, flags in rows}
+    steps = {name: make_step(cfg, device) for name, cfg in configs.items()}
     for step in steps.values():
         for _ in range(args.warmup):
             step()
