@@ -26,9 +26,12 @@ PHASE_OPTIMIZERS = tuple(o for o in OPTIMIZERS if o != "lbfgs")  # L-BFGS's batc
 ADAM_FAMILY = ("adam", "adamw", "nadam", "radam")  # the optimizers that take --betas
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
-# used when --lr is not given: the classic CIFAR ResNet value for SGD, torch.optim's defaults otherwise
+# used when --lr is not given: the classic CIFAR ResNet value for SGD, torch.optim's defaults otherwise, and
+# for ngd its best on issue 29's screen (docs/results.md): 1.6 at its default --ngd-power 0.5
 DEFAULT_LR = {"sgd": 0.1, "lbfgs": 1.0, "adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-2, "adagrad": 1e-2,
-              "nadam": 2e-3, "radam": 1e-3, "ngd": 0.4}
+              "nadam": 2e-3, "radam": 1e-3, "ngd": 1.6}
+# ngd's default lr at other powers: the natural gradient (power 1) did best at 0.4 and fell apart at 1.6
+NGD_POWER_LR = {1.0: 0.4}
 LBFGS_VARIANTS = ("torch", "batch", "multibatch", "hvp")
 DEFAULT_LBFGS_VARIANT = "multibatch"  # what --use-lbfgs True runs (docs/results.md: L-BFGS variants)
 # each variant's settings where the flag is not given; torch's are those of the runs before the variants
@@ -48,6 +51,13 @@ LBFGS_DEFAULTS = {
 LBFGS_LR = {"multibatch": 2.0}
 
 DEFAULT_BN_RECALIBRATE = {"lbfgs": 4096}  # images; used when --bn-recalibrate is not given (0 if not listed)
+
+
+def default_lr(optimizer: str, ngd_power: float = None) -> float:
+    """The lr an optimizer takes when none is given (not L-BFGS's variants: LBFGS_LR)."""
+    if optimizer == "ngd" and ngd_power in NGD_POWER_LR:
+        return NGD_POWER_LR[ngd_power]
+    return DEFAULT_LR[optimizer]
 
 
 class ConfigError(ValueError):

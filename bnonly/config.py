@@ -17,8 +17,8 @@ from typing import Optional
 from bnonly.choices import (ARCHS, AUDIO_ARCHS, AUDIO_DATASETS, AUDIO_DEFAULTS, AUDIO_SETTINGS, BN_INITS,
                             COMPILE_MODES, DATASETS, DEFAULT_BN_RECALIBRATE, DEFAULT_LBFGS_VARIANT, DEFAULT_LR,
                             FSDD_GROUP_REGEX, IMAGE_DEFAULTS, IMAGENET_DEFAULTS, IMAGENET_DEPTHS, IMAGENET_RECIPE,
-                            LBFGS_DEFAULTS, LBFGS_LR, LBFGS_VARIANTS, OPTIMIZERS, PRECISIONS, STREAMED_DATASETS,
-                            TRAINABLE, ConfigError)
+                            LBFGS_DEFAULTS, LBFGS_LR, LBFGS_VARIANTS, NGD_POWER_LR, OPTIMIZERS, PRECISIONS,
+                            STREAMED_DATASETS, TRAINABLE, ConfigError, default_lr)
 from bnonly.phases import default_milestones, phase_list
 from bnonly.validation import domain_known, validate
 
@@ -140,8 +140,8 @@ class Config:  # in the order of SECTIONS
         "train.py checkpoint.pt; the final linear layer keeps its random init if its class count differs from "
         "the data's; not read on --resume (the checkpoint's weights win)", metavar="FILE"))
     optimizer: str = field(default="sgd", metadata=_flag(
-        "a torch.optim optimizer, or ngd: natural gradient over BatchNorm's gamma and beta (-t bn; "
-        "docs/natural_gradient.md)", choices=OPTIMIZERS))
+        "a torch.optim optimizer, or ngd: full-matrix RMSprop or natural gradient over BatchNorm's gamma and "
+        "beta (-t bn; docs/natural_gradient.md)", choices=OPTIMIZERS))
     use_lbfgs: Optional[bool] = field(default=None, metadata=_flag(
         "true/false: shorthand for --optimizer lbfgs / sgd", type=str2bool, metavar="BOOL"))
     epochs: Optional[int] = field(default=None, metadata=_flag(
@@ -152,7 +152,8 @@ class Config:  # in the order of SECTIONS
         "-b"))
     lr: Optional[float] = field(default=None, metadata=_flag(
         "learning rate; for L-BFGS the step, or the line search's first trial (default per optimizer: " +
-        ", ".join(f"{name} {lr:g}" for name, lr in DEFAULT_LR.items()) + "; the multibatch L-BFGS "
+        ", ".join(f"{name} {lr:g}" for name, lr in DEFAULT_LR.items()) + " (with --ngd-power 1: "
+        f"{NGD_POWER_LR[1.0]:g}); the multibatch L-BFGS "
         f"{LBFGS_LR['multibatch']:g})"))
     momentum: float = field(default=0.9, metadata=_flag("SGD momentum"))
     nesterov: bool = field(default=False, metadata=_flag("SGD: Nesterov momentum", type=str2bool, metavar="BOOL"))
@@ -221,10 +222,12 @@ class Config:  # in the order of SECTIONS
         "ngd: the initial Levenberg-Marquardt damping, in units of the Fisher's mean eigenvalue; it adapts at "
         "every refresh"))
     ngd_ema: float = field(default=0.95, metadata=_flag("ngd: decay per step of the Fisher's moving average"))
-    ngd_refresh: int = field(default=10, metadata=_flag(
-        "ngd: steps between factorisations of the damped Fisher (the damping adapts at each)"))
-    ngd_power: float = field(default=1.0, metadata=_flag(
-        "ngd: step (F + damping)^-power g: 1 natural gradient, 0.5 full-matrix RMSprop"))
+    ngd_refresh: int = field(default=50, metadata=_flag(
+        "ngd: steps between factorisations of the damped Fisher (the damping adapts at each); 50 keeps a step "
+        "within 1.5x SGD's (BENCHMARKS.md)"))
+    ngd_power: float = field(default=0.5, metadata=_flag(
+        "ngd: step (F + damping)^-power g: 0.5 full-matrix RMSprop (the fastest BN-only optimizer, "
+        "docs/results.md), 1 natural gradient"))
     ngd_blocks: str = field(default="auto", metadata=_flag(
         "ngd: curvature blocks: full (one matrix), layer, channel (2x2 gamma/beta), auto (the coarsest whose "
         "blocks hold at most 4,096 parameters)", choices=("auto", "full", "layer", "channel")))
@@ -473,7 +476,7 @@ def resolve(cfg: Config, given: set) -> Config:
         cfg.lr = IMAGENET_RECIPE["lr_per_1024"] * cfg.batch_size * world_size / 1024
     if cfg.lr is None:
         cfg.lr = LBFGS_LR.get(cfg.lbfgs_variant, DEFAULT_LR["lbfgs"]) if cfg.optimizer == "lbfgs" \
-            else DEFAULT_LR[cfg.optimizer]
+            else default_lr(cfg.optimizer, cfg.ngd_power)
     for name, value in LBFGS_DEFAULTS[cfg.lbfgs_variant].items():
         if getattr(cfg, name) is None:
             setattr(cfg, name, value)

@@ -5,7 +5,7 @@ import argparse
 import dataclasses
 import math
 
-from bnonly.choices import DEFAULT_LR, PHASE_MODES, PHASE_OPTIMIZERS
+from bnonly.choices import PHASE_MODES, PHASE_OPTIMIZERS, default_lr
 
 
 def phase_list(text) -> list:
@@ -47,7 +47,7 @@ def phase_settings(cfg, index: int):
     if len(phase) < 3:
         return cfg
     optimizer = phase[2]
-    lr = phase[3] if len(phase) > 3 else cfg.lr if optimizer == cfg.optimizer else DEFAULT_LR[optimizer]
+    lr = phase[3] if len(phase) > 3 else cfg.lr if optimizer == cfg.optimizer else default_lr(optimizer, cfg.ngd_power)
     return dataclasses.replace(cfg, optimizer=optimizer, lr=lr, use_lbfgs=False)
 
 

@@ -137,7 +137,7 @@ def test_optimizer_bench_times_sgd_and_the_chosen_rows(capsys):
                                  "--only", "refresh 50"]) == 0
     rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     names = [cells[0].strip() for cells in rows[1:]]  # after the header row
-    assert names == ["sgd", "ngd --ngd-power 0.5 --ngd-refresh 50"]
+    assert names == ["sgd", "ngd --ngd-power 0.5 --ngd-refresh 50 (the default)"]
     assert rows[1][2].strip() == "1.00" and float(rows[2][1]) > 0
 
 

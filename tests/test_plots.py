@@ -320,6 +320,39 @@ def test_table_prints_mean_and_std_per_group_and_draws_nothing(tmp_path):
     ]
 
 
+def test_label_names_each_seed_group_in_table_legends_and_comparison(tmp_path):
+    folders = make_seed_runs(tmp_path)
+    result = run_cli(*folders, "--table", "--label", "fast", "--label", "slow")
+    assert result.returncode == 0, result.stderr
+    assert [line.split(" | ")[0] for line in result.stdout.splitlines()[2:]] == ["| fast", "| slow"]
+    runs = [plots.read_run(str(folder)) for folder in folders]
+    planned = {plot["filename"]: plot for plot in plots.plan_plots(runs, names=["fast", "slow"])}
+    assert [curve["label"] for curve in planned["val_acc.png"]["lines"]] == ["fast (3 seeds)", "slow"]
+    assert [curve["label"] for curve in planned["0.1_vs_0.05_acc.png"]["lines"]] == [  # file named by the values
+        "fast train (3 seeds)", "fast val (3 seeds)", "slow train", "slow val"]
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (("--label", "one"), "1 --label given for 2 seed group(s) (bn_s, low_lr); give one per group"),
+    (("--label", "a", "--label", "b", "--gamma"), "--label names the curves' seed groups; it does not go with --gamma"),
+])
+def test_label_count_or_mode_mismatch_is_one_line_error_and_writes_nothing(tmp_path, extra, expected):
+    out = tmp_path / "out"
+    result = run_cli(*make_seed_runs(tmp_path), "--out", out, *extra)
+    assert result.returncode == 2 and expected in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_ngd_settings_and_milestones_follow_the_optimizer_and_schedule_in_labels(tmp_path):
+    ngd = dict(optimizer="ngd", lr=1.6, ngd_power=0.5, schedule="cosine", milestones=None)
+    runs = [plots.read_run(str(make_run(tmp_path, "sgd", ngd_power=1.0, ngd_refresh=10))),
+            plots.read_run(str(make_run(tmp_path, "r10", ngd_refresh=10, **ngd))),
+            plots.read_run(str(make_run(tmp_path, "r50", ngd_refresh=50, **ngd)))]
+    assert run_groups.run_labels(runs) == [  # not SGD's unused ngd_power or milestones; ngd's refresh tells them apart
+        "schedule=multistep, optimizer=SGD", "schedule=cosine, optimizer=NGD, ngd_refresh=10",
+        "schedule=cosine, optimizer=NGD, ngd_refresh=50"]
+
+
 def test_table_of_one_group_uses_folder_name_and_with_out_also_draws(tmp_path):
     run = make_run(tmp_path, "only", epochs=4)  # test columns only
     out = tmp_path / "out"
@@ -427,6 +460,12 @@ def test_settings_added_later_take_their_defaults_and_phases_compare_as_trainabl
                    resolved_precision="fp32", lbfgs_line_search="strong_wolfe")
     configs = [run_reader.read_folder(str(folder))["config"] for folder in (old, new)]
     assert run_groups.differing_settings(configs) == []
+    # ngd's settings, whose defaults changed, do not split SGD runs made before and after; ngd runs keep them
+    before = make_run(tmp_path, "before", ngd_power=1.0, ngd_refresh=10)
+    after = make_run(tmp_path, "after", ngd_power=0.5, ngd_refresh=50)
+    assert run_groups.differing_settings([run_reader.read_folder(str(f))["config"] for f in (before, after)]) == []
+    ngd = [make_run(tmp_path, f"ngd{power}", optimizer="ngd", ngd_power=power) for power in (1.0, 0.5)]
+    assert run_groups.differing_settings([run_reader.read_folder(str(f))["config"] for f in ngd]) == ["ngd_power"]
     # The process count is a setting (with per-process BN and batch it changes the experiment):
     # 2 processes are not a seed of 1, and a run from before torchrun counts as 1 process.
     two = make_run(tmp_path, "two", seed=1, world_size=2, device="cuda", save_dir="runs/two")

@@ -5,6 +5,7 @@
     python plots.py RUN_DIR [RUN_DIR ...] --gamma [--out DIR]
     python plots.py RUN_DIR [RUN_DIR ...] --x image_passes     # curves against compute (or wall_seconds)
     python plots.py SWEEP_DIR --across depth [--table]         # a sweep: final accuracy against depth
+    python plots.py A_s0 A_s1 B --label "SGD" --label "Adam"    # name the seed groups in legends and table
 
 A SWEEP_DIR (sweep.py's folder) stands for the run folders in it.
 
@@ -22,7 +23,7 @@ Files written into --out (default `tmp/`):
   * per run: `<arch>_<OPTIMIZER>_<trainable>_loss.png` and `..._acc.png`, with the train,
     val and test curves (`_<folder name>` is appended when two runs would share a name);
   * with several runs: `train_loss.png`, `train_acc.png`, `val_*.png`, `test_*.png`, one
-    line per seed group, labelled by the settings in which the groups differ;
+    line per seed group, labelled by the settings in which the groups differ (or by --label);
   * with several groups that differ in exactly one setting: `<A>_vs_<B>_loss.png` and
     `<A>_vs_<B>_acc.png`, train (dashed) and val-or-test (solid) curve per group;
   * with --gamma, per run instead: `<prefix>_gamma.png` (γ and β histograms per stage) and
@@ -96,9 +97,11 @@ def plan_run_plots(run, prefix):
     return plots
 
 
-def plan_overlay_plots(runs):
-    """Return one plot per split and metric present in any run or group, one line (or band) each."""
-    labels = group_labels(runs)
+def plan_overlay_plots(runs, names=None):
+    """Return one plot per split and metric present in any run or group, one line (or band) each, labelled
+    by `names` (one per group, from --label) or else by the settings in which the groups differ."""
+    labels = group_labels(runs) if names is None else \
+        [name + analysis.seeds_note(group) for name, group in zip(names, runs)]
     context = shared_title(runs)
     phases = analysis.phase_marks([run["history"] for run in runs])
     plots = []
@@ -131,10 +134,12 @@ def comparison_key(runs, ignore=frozenset()):
     return keys[0] if len(set(values)) == len(values) else None
 
 
-def plan_comparison_plots(runs, key):
-    """Return '<A>_vs_<B>' loss and accuracy plots: train dashed, val-or-test solid per run or group."""
+def plan_comparison_plots(runs, key, names=None):
+    """Return '<A>_vs_<B>' loss and accuracy plots: train dashed, val-or-test solid per run or group; the
+    curves are named by `names` (from --label) where given, else by their value of `key`."""
     values = [display_value(key, run["config"].get(key)) for run in runs]
     stem = "_vs_".join(file_token(value) for value in values)
+    values = values if names is None else list(names)
     context = shared_title(runs)
     phases = analysis.phase_marks([run["history"] for run in runs])
     plots = []
@@ -166,10 +171,11 @@ def on_axis(run, x):
     return {**run, "history": {**run["history"], "epoch": run["history"][x]}}
 
 
-def plan_plots(runs, x="epoch"):
+def plan_plots(runs, x="epoch", names=None):
     """Return every plot to draw for `runs` (dicts: filename, title, xlabel, ylabel, lines, phases).
 
-    Per-run plots for each run; overlays and comparisons per seed group (see `group_runs`).
+    Per-run plots for each run; overlays and comparisons per seed group (see `group_runs`), their curves
+    named by `names` (one per group, in first-seen order) where given.
     `x` names the horizontal axis the runs were put on (on_axis); other than epochs, the file names end
     in `_by_<x>`. File names are unique within the result: a later clash gets '_2', '_3', ...
     """
@@ -178,10 +184,10 @@ def plan_plots(runs, x="epoch"):
         plots += plan_run_plots(run, prefix)
     if len(runs) > 1:
         groups = group_runs(runs)
-        plots += plan_overlay_plots(groups)
+        plots += plan_overlay_plots(groups, names)
         key = comparison_key(groups, group_ignore(groups))
         if key is not None:
-            plots += plan_comparison_plots(groups, key)
+            plots += plan_comparison_plots(groups, key, names)
     seen = set()
     for plot in plots:
         plot["xlabel"] = analysis.X_AXES[x]
@@ -276,11 +282,11 @@ def draw_disabled(run, path):
         ax.legend()
 
 
-def drawings(runs, gamma=False, x="epoch"):
+def drawings(runs, gamma=False, x="epoch", names=None):
     """Return [(file name, function drawing into a path)]: the curves (against `x`, the axis the runs were
-    put on), or with `gamma` two γ pictures per run."""
+    put on; seed groups named by `names` where given), or with `gamma` two γ pictures per run."""
     if not gamma:
-        return [(plot["filename"], functools.partial(draw_plot, plot)) for plot in plan_plots(runs, x)]
+        return [(plot["filename"], functools.partial(draw_plot, plot)) for plot in plan_plots(runs, x, names)]
     pairs = []
     for run, prefix in zip(runs, unique_prefixes(runs)):
         pairs += [(f"{prefix}_gamma.png", functools.partial(draw_gamma, run)),
@@ -312,7 +318,23 @@ def build_parser():
                              "line per training mode (and other setting that varies), mean ± std over seeds: "
                              "depth, width, trainable_params, or any numeric setting (files <AXIS>_acc.png, "
                              "<AXIS>_disabled.png; with --table the markdown table of the same numbers)")
+    parser.add_argument("--label", action="append", metavar="TEXT",
+                        help="name of a seed group (or lone run) in the legends and the table, instead of the "
+                             "settings in which they differ; once per group, in the order the groups' first "
+                             "runs are given (e.g. --label SGD --label Adam)")
     return parser
+
+
+def checked_names(runs, names):
+    """`names` (the --label texts) when there is one per seed group of `runs`; else a RunError that lists
+    the groups in order."""
+    if names is None:
+        return None
+    groups = group_runs(runs)
+    if len(names) != len(groups):
+        raise RunError(f"{len(names)} --label given for {len(groups)} seed group(s) "
+                       f"({', '.join(group['name'] for group in groups)}); give one per group, in that order")
+    return names
 
 
 def across_lines(runs, axis):
@@ -336,6 +358,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.across and args.gamma:
         parser.exit(2, f"{parser.prog}: error: --across and --gamma draw different pictures; give one\n")
+    if args.label and (args.across or args.gamma):
+        parser.exit(2, f"{parser.prog}: error: --label names the curves' seed groups; it does not go with "
+                       f"--{'across' if args.across else 'gamma'}\n")
     try:
         folders = run_folders(args.run_dirs)
         runs = [(read_gamma_run if args.gamma else read_run)(path) for path in folders]
@@ -343,16 +368,17 @@ def main(argv=None):
             runs = [on_axis(run, args.x) for run in runs]
         if args.across:
             return across(runs, args.across, args.table, args.out, parser)
+        names = checked_names(runs, args.label)
     except RunError as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     if args.table:
-        print(results_table(runs))
+        print(results_table(runs, names))
         if args.out is None:
             return
     out = args.out or DEFAULT_OUT
     try:
         os.makedirs(out, exist_ok=True)
-        for filename, draw in drawings(runs, args.gamma, args.x):
+        for filename, draw in drawings(runs, args.gamma, args.x, names):
             path = os.path.join(out, filename)
             draw(path)
             print(path)

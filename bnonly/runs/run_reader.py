@@ -134,6 +134,8 @@ def with_defaults(config):
         config["optimizer"] = f"lbfgs-{config['lbfgs_variant']}"
     if not str(config.get("optimizer")).startswith("lbfgs"):  # settings it never used: runs made before and
         config = {k: v for k, v in config.items() if not k.startswith("lbfgs_")}  # after new ones compare equal
+    if config.get("optimizer") != "ngd" and "ngd" not in str(config.get("trainable")):  # nor ngd's (whose
+        config = {k: v for k, v in config.items() if not k.startswith("ngd_")}  # defaults changed, 2026-12-05)
     return config
 
 
