@@ -58,11 +58,11 @@ screen=(
 )
 for fisher in empirical sampled; do
   for lr in 0.4 0.8 1.6 3.2; do
-    screen+=("ngd-$fisher""_lr=$lr|--optimizer ngd --ngd-power 1 --ngd-fisher $fisher --momentum 0.9 --weight-decay 0 --lr $lr")
+    screen+=("ngd-$fisher""_lr=$lr|--optimizer ngd --ngd-power 1 --ngd-refresh 10 --ngd-fisher $fisher --momentum 0.9 --weight-decay 0 --lr $lr")
   done
 done
 for lr in 0.4 1.6 6.4; do
-  screen+=("ngd-sqrt_lr=$lr|--optimizer ngd --ngd-power 0.5 --momentum 0.9 --weight-decay 0 --lr $lr")
+  screen+=("ngd-sqrt_lr=$lr|--optimizer ngd --ngd-power 0.5 --ngd-refresh 10 --momentum 0.9 --weight-decay 0 --lr $lr")
 done
 for entry in "${screen[@]}"; do echo "$entry"; done > "$WORK/screen.txt"
 SCREEN_LEFT=$((BUDGET / 3 - (SECONDS - START)))

@@ -123,6 +123,18 @@ def test_adaptive_optimizers_get_their_default_lr_and_build(optimizer, lr):
     assert parse_args(["--optimizer", optimizer, "--lr", "0.05"])[0].lr == 0.05
 
 
+@pytest.mark.parametrize("power, lr", [(None, 1.6), ("1", 0.4), ("0.75", 1.6)])
+def test_ngd_defaults_follow_the_screens_and_its_lr_the_power(power, lr):
+    from bnonly.phases import phase_settings
+    flags = ["--ngd-power", power] if power else []
+    cfg = parse_args(["-t", "bn", "--optimizer", "ngd", *flags])[0]
+    assert (cfg.lr, cfg.ngd_refresh, cfg.ngd_power) == (lr, 50, float(power or 0.5))
+    assert parse_args(["-t", "bn", "--optimizer", "ngd", *flags, "--lr", "0.2"])[0].lr == 0.2
+    phased = parse_args(["--optimizer", "sgd", "--phases", "bn:3:ngd,all:27", *flags])[0]
+    assert [(phase_settings(phased, index).optimizer, phase_settings(phased, index).lr)
+            for index in (0, 1)] == [("ngd", lr), ("sgd", 0.1)]
+
+
 def test_betas_eps_and_nesterov_reach_the_optimizer():
     from bnonly.optim.factories import build_optimizer
     from bnonly.models.resnet import build_model, freeze

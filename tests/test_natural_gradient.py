@@ -124,10 +124,10 @@ def batches(count, seed=1, n=16):
     return [(torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)) for _ in range(count)]
 
 
-@pytest.mark.parametrize("fisher", ["empirical", "sampled"])
-def test_state_round_trip_continues_to_the_bit(fisher):
+@pytest.mark.parametrize("fisher, power", [("empirical", 1.0), ("sampled", 1.0), ("empirical", 0.5)])
+def test_state_round_trip_continues_to_the_bit(fisher, power):
     model, params, modules = bn_only()
-    optimizer = NaturalGradient(params, modules, lr=0.2, refresh=2)
+    optimizer = NaturalGradient(params, modules, lr=0.2, refresh=2, power=power)
     steps(model, optimizer, batches(3), fisher)
     buffer = io.BytesIO()
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
@@ -137,7 +137,7 @@ def test_state_round_trip_continues_to_the_bit(fisher):
     assert state["updates"] == 3 and state["damping"].dtype == torch.float64 and float(state["scale"]) > 0
     twin, twin_params, twin_modules = bn_only(seed=5)
     twin.load_state_dict(saved["model"])
-    twin_optimizer = NaturalGradient(twin_params, twin_modules, lr=0.2, refresh=2)
+    twin_optimizer = NaturalGradient(twin_params, twin_modules, lr=0.2, refresh=2, power=power)
     twin_optimizer.load_state_dict(saved["optimizer"])
     for key, value in state.items():
         assert torch.equal(twin_optimizer.state[twin_modules[0].weight][key], value), key
@@ -149,9 +149,11 @@ def test_state_round_trip_continues_to_the_bit(fisher):
     assert not torch.equal(params[0], saved["model"]["bn1.weight"])
 
 
-def test_a_run_resumed_from_its_checkpoint_matches_the_uninterrupted_one(tmp_path):
-    straight = run_train(*NGD, "--epochs", "3", "--save-dir", tmp_path / "straight")
-    first = run_train(*NGD, "--epochs", "2", "--save-dir", tmp_path / "split")
+@pytest.mark.parametrize("power", ["0.5", "1"])  # the default's eigendecomposition, the natural gradient's Cholesky
+def test_a_run_resumed_from_its_checkpoint_matches_the_uninterrupted_one(tmp_path, power):
+    flags = [*NGD, "--ngd-power", power]
+    straight = run_train(*flags, "--epochs", "3", "--save-dir", tmp_path / "straight")
+    first = run_train(*flags, "--epochs", "2", "--save-dir", tmp_path / "split")
     resumed = run_train("--resume", tmp_path / "split", "--epochs", "3", "--no-progress")
     for result in (straight, first, resumed):
         assert result.returncode == 0, result.stderr[-2000:]
@@ -160,7 +162,7 @@ def test_a_run_resumed_from_its_checkpoint_matches_the_uninterrupted_one(tmp_pat
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])  # it learns
 
 
-def _lockstep_worker(rank, size, init_file, out_dir, fisher):
+def _lockstep_worker(rank, size, init_file, out_dir, fisher, power):
     """One rank of a BN-only ngd epoch: every rank trains on its half of each global batch of 32."""
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=size)
@@ -168,7 +170,7 @@ def _lockstep_worker(rank, size, init_file, out_dir, fisher):
     torch.manual_seed(0)
     model = build_model("resnet20")
     cfg = parse_args(["--optimizer", "ngd", "-t", "bn", "-b", "16", "--ngd-refresh", "2", "--ngd-fisher", fisher,
-                      "--no-progress"])[0]
+                      "--ngd-power", power, "--no-progress"])[0]
     optimizer = build_optimizer(cfg, freeze(model, "bn"), (), model, world)
     generator = torch.Generator().manual_seed(1)
     images = torch.randint(0, 256, (96, 3, 32, 32), dtype=torch.uint8, generator=generator)
@@ -183,9 +185,10 @@ def _lockstep_worker(rank, size, init_file, out_dir, fisher):
     stop(world)
 
 
-@pytest.mark.parametrize("fisher", ["empirical", pytest.param("sampled", marks=pytest.mark.slow)])
-def test_ranks_average_the_fisher_and_take_identical_steps(tmp_path, fisher):
-    mp.spawn(_lockstep_worker, args=(2, str(tmp_path / "init"), str(tmp_path), fisher), nprocs=2, join=True)
+@pytest.mark.parametrize("fisher, power", [("empirical", "0.5"), ("empirical", "1"),
+                                           pytest.param("sampled", "0.5", marks=pytest.mark.slow)])
+def test_ranks_average_the_fisher_and_take_identical_steps(tmp_path, fisher, power):
+    mp.spawn(_lockstep_worker, args=(2, str(tmp_path / "init"), str(tmp_path), fisher, power), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert ranks[0]["updates"] == ranks[1]["updates"] == 3  # 96 images in global batches of 32
     assert torch.equal(ranks[0]["fisher"], ranks[1]["fisher"])  # the ranks' Fishers averaged alike

@@ -353,6 +353,16 @@ def test_ngd_settings_and_milestones_follow_the_optimizer_and_schedule_in_labels
         "schedule=cosine, optimizer=NGD, ngd_refresh=50"]
 
 
+def test_ngd_settings_of_a_phase_follow_the_phases_in_labels_and_comparison(tmp_path):
+    from dataclasses import asdict
+    from bnonly.config import parse_args
+    configs = [asdict(parse_args(["--phases", phases])[0]) for phases in ("all:20", "bn:2:ngd:1.6,all:18")]
+    runs = [plots.read_run(str(make_run(tmp_path, name, config=config)))
+            for name, config in zip(("full", "warm"), configs)]
+    assert run_groups.run_labels(runs) == ["trainable=all:20", "trainable=bn:2:ngd:1.6,all:18"]
+    assert plots.comparison_key(runs) == "trainable"
+
+
 def test_table_of_one_group_uses_folder_name_and_with_out_also_draws(tmp_path):
     run = make_run(tmp_path, "only", epochs=4)  # test columns only
     out = tmp_path / "out"

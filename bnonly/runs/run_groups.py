@@ -24,12 +24,13 @@ SEED_KEYS = frozenset({"seed", "checkpoint_minutes"})
 # default learning rates, and are still a comparison of optimizers.
 # The same holds for the L-BFGS-only settings when only one of the runs uses L-BFGS.
 # And --phases runs: their default milestones are per phase, `phases` shows as `trainable` (run_reader.with_defaults).
-# The ngd settings are recorded for every run but act only in ngd's; milestones only in a multistep schedule.
+# The ngd settings are recorded for every run but act only in ngd's (or in a --phases run's ngd phase, so
+# they follow `trainable` too); milestones only in a multistep schedule.
 NGD_KEYS = ("ngd_fisher", "ngd_damping", "ngd_ema", "ngd_refresh", "ngd_power", "ngd_blocks")
 FOLLOWS = {"optimizer": ("lr", "bn_recalibrate", "lbfgs_variant", "lbfgs_history", "lbfgs_max_iter", "lbfgs_max_eval",
                          "lbfgs_batch_size", "lbfgs_chunk_size", "lbfgs_line_search", "lbfgs_history_mode",
                          "lbfgs_damping", "lbfgs_momentum", "lbfgs_variance_scaling", "betas") + NGD_KEYS,
-           "trainable": ("phases", "milestones"),
+           "trainable": ("phases", "milestones") + NGD_KEYS,
            "schedule": ("milestones",),
            "lbfgs_variant": ("lbfgs_history", "lbfgs_max_iter", "lbfgs_batch_size", "lbfgs_line_search",
                              "lbfgs_variance_scaling")}
