@@ -361,6 +361,13 @@ def test_ngd_settings_of_a_phase_follow_the_phases_in_labels_and_comparison(tmp_
             for name, config in zip(("full", "warm"), configs)]
     assert run_groups.run_labels(runs) == ["trainable=all:20", "trainable=bn:2:ngd:1.6,all:18"]
     assert plots.comparison_key(runs) == "trainable"
+    both = [asdict(parse_args(["--phases", phases, "--ngd-refresh", refresh])[0])
+            for phases, refresh in (("bn:2:ngd:1.6,all:18", "10"), ("bn:3:ngd:1.6,all:17", "50"))]
+    runs = [plots.read_run(str(make_run(tmp_path, name, config=config)))
+            for name, config in zip(("r10", "r50"), both)]  # both use ngd: its setting is a second difference
+    assert run_groups.run_labels(runs) == ["trainable=bn:2:ngd:1.6,all:18, ngd_refresh=10",
+                                           "trainable=bn:3:ngd:1.6,all:17, ngd_refresh=50"]
+    assert plots.comparison_key(runs) is None
 
 
 def test_table_of_one_group_uses_folder_name_and_with_out_also_draws(tmp_path):

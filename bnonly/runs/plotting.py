@@ -127,7 +127,8 @@ def comparison_key(runs, ignore=frozenset()):
     """
     if len(runs) < 2 or any(run["config"] is None for run in runs):
         return None
-    keys = leading_settings(differing_settings([run["config"] for run in runs], ignore))
+    configs = [run["config"] for run in runs]
+    keys = leading_settings(differing_settings(configs, ignore), configs)
     if len(keys) != 1:
         return None
     values = [canonical(run["config"].get(keys[0])) for run in runs]

@@ -24,8 +24,9 @@ SEED_KEYS = frozenset({"seed", "checkpoint_minutes"})
 # default learning rates, and are still a comparison of optimizers.
 # The same holds for the L-BFGS-only settings when only one of the runs uses L-BFGS.
 # And --phases runs: their default milestones are per phase, `phases` shows as `trainable` (run_reader.with_defaults).
-# The ngd settings are recorded for every run but act only in ngd's (or in a --phases run's ngd phase, so
-# they follow `trainable` too); milestones only in a multistep schedule.
+# The ngd settings act only in ngd's runs (or in a --phases run's ngd phase, so they follow `trainable` too),
+# and only where a run lacks them (run_reader.with_defaults drops them from runs without ngd): two runs that
+# both use ngd and differ in it show the difference. Milestones act only in a multistep schedule.
 NGD_KEYS = ("ngd_fisher", "ngd_damping", "ngd_ema", "ngd_refresh", "ngd_power", "ngd_blocks")
 FOLLOWS = {"optimizer": ("lr", "bn_recalibrate", "lbfgs_variant", "lbfgs_history", "lbfgs_max_iter", "lbfgs_max_eval",
                          "lbfgs_batch_size", "lbfgs_chunk_size", "lbfgs_line_search", "lbfgs_history_mode",
@@ -90,12 +91,14 @@ def unique_prefixes(runs):
             for index, prefix in enumerate(prefixes)]
 
 
-def leading_settings(keys):
+def leading_settings(keys, configs):
     """`keys` without the settings that follow another one in `keys` (FOLLOWS): SGD against Adam is a
-    difference of optimizer, whatever their default learning rates."""
+    difference of optimizer, whatever their default learning rates. An ngd setting follows only where
+    one of `configs` lacks it."""
     for leader, followers in FOLLOWS.items():
         if leader in keys:
-            keys = [key for key in keys if key not in followers]
+            keys = [key for key in keys if key not in followers
+                    or key in NGD_KEYS and all(key in config for config in configs)]
     return keys
 
 
@@ -103,7 +106,8 @@ def run_labels(runs, ignore=frozenset()):
     """Return a short legend label per run (or group): the differing settings, else the folder name."""
     if len(runs) < 2 or any(run["config"] is None for run in runs):
         return [run["name"] for run in runs]
-    keys = leading_settings(differing_settings([run["config"] for run in runs], ignore))
+    configs = [run["config"] for run in runs]
+    keys = leading_settings(differing_settings(configs, ignore), configs)
     labels = [", ".join(f"{key}={display_value(key, run['config'].get(key))}" for key in keys)
               or run["name"] for run in runs]
     return [twin_label(label, run, [other for text, other in zip(labels, runs) if text == label], keys, ignore)
